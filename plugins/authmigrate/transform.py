@@ -1,0 +1,655 @@
+"""Pure transforms: decoded MongoDB documents in, typed row sets and rejects out.
+
+Nothing here touches a server. Every function takes a DataFrame of documents as built by
+:func:`documents_frame` (one object column per projected field, ``_id`` and ``_doc``, the
+original document used only to render rejects) and returns a :class:`Result`.
+
+The rules (coercions and reject reasons) are listed in docs/data-contract.md; each has a
+unit test in tests/unit/test_transform.py.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+from bson import Decimal128, ObjectId, json_util
+from bson.codec_options import CodecOptions, DatetimeConversion
+from bson.datetime_ms import DatetimeMS
+from bson.errors import InvalidBSON
+
+from authmigrate.registry import COLLECTIONS, SECRET_FIELDS, TABLES
+
+UTC = dt.timezone.utc
+WILDCARD = "*"
+MAX_TEXT = 65_536  # characters; longer strings in a mapped field reject the document
+REJECT_PREVIEW = 2_000  # characters kept of each string in a reject's document
+REJECT_COLUMNS = ["source_id", "scope", "element", "reason_code", "reason", "document"]
+_SECRET_KEYS = {k.lower() for k in SECRET_FIELDS}
+REDACTED = "[REDACTED]"
+
+CODEC = CodecOptions(
+    tz_aware=True,
+    tzinfo=UTC,
+    unicode_decode_error_handler="strict",
+    datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+)
+_LENIENT = CODEC.with_options(unicode_decode_error_handler="replace")
+
+
+class Reject(Exception):
+    """A value that cannot be migrated: a machine-readable code and a human reason."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------- rendering
+def redact(value: Any) -> Any:
+    """A copy safe to store or log: secrets replaced, NUL made visible, long strings cut."""
+    if isinstance(value, dict):
+        return {k: (REDACTED if str(k).lower() in _SECRET_KEYS else redact(v)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(v) for v in value]
+    if isinstance(value, str):
+        value = value.replace("\x00", "\u2400")
+        if len(value) > REJECT_PREVIEW:
+            return value[:REJECT_PREVIEW] + f"…[{len(value) - REJECT_PREVIEW} more chars]"
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return f"<binary {len(value)} bytes>"
+    return value
+
+
+def render(doc: dict | None) -> str | None:
+    """The redacted document as relaxed Extended JSON; values Extended JSON cannot express
+    (e.g. a date that overflows once shifted to UTC) fall back to their text."""
+    if doc is None:
+        return None
+    safe = redact(doc)
+    try:
+        return json_util.dumps(safe, json_options=json_util.RELAXED_JSON_OPTIONS)
+    except (OverflowError, ValueError, TypeError):
+        return json.dumps(safe, default=str)
+
+
+def preview(value: Any, limit: int = 60) -> str:
+    text = repr(redact(value))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def source_id(doc: dict) -> str | None:
+    oid = doc.get("_id")
+    if oid is None:
+        return None
+    return str(oid) if isinstance(oid, ObjectId) else f"{type(oid).__name__}:{oid}"
+
+
+# --------------------------------------------------------------------------- decoding
+def decode_documents(raws: Iterable[bytes]) -> tuple[list[dict], list[dict]]:
+    """BSON bytes → documents. A document that is not valid BSON/UTF-8 becomes a reject."""
+    import bson
+
+    docs, rejects = [], []
+    for raw in raws:
+        try:
+            docs.append(bson.decode(raw, codec_options=CODEC))
+        except (InvalidBSON, UnicodeDecodeError, ValueError, OverflowError) as exc:
+            try:
+                shown = bson.decode(raw, codec_options=_LENIENT)
+            except Exception:  # noqa: BLE001 - truly unreadable: keep what we can say
+                shown = {}
+            rejects.append(
+                _reject_row(shown, "document", None, "undecodable_document",
+                            f"document is not valid BSON/UTF-8 ({type(exc).__name__}: {str(exc)[:120]})")
+            )
+    return docs, rejects
+
+
+def documents_frame(docs: list[dict], projection: Iterable[str]) -> pd.DataFrame:
+    """One object column per projected field (no type inference: one odd document cannot
+    change the dtype of its whole batch), plus ``_id`` (hex) and ``_doc``."""
+    columns: dict[str, Any] = {"_id": pd.Series([source_id(d) for d in docs], dtype=object)}
+    for f in projection:
+        columns[f] = pd.Series([d.get(f) for d in docs], dtype=object)
+    columns["_doc"] = pd.Series(docs, dtype=object)
+    return pd.DataFrame(columns)
+
+
+# --------------------------------------------------------------------------- coercers
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _integral(v: Any) -> int | None:
+    """An int from int / integral float / integral Decimal128, else None."""
+    if _is_int(v):
+        return int(v)
+    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
+        return int(v)
+    if isinstance(v, Decimal128):
+        d = v.to_decimal()
+        if d.is_finite() and d == d.to_integral_value():
+            return int(d)
+    return None
+
+
+def _check_text(value: str, name: str) -> str:
+    if "\x00" in value:
+        raise Reject("nul_in_string", f"{name} contains a NUL byte, which PostgreSQL text cannot store")
+    if len(value) > MAX_TEXT:
+        raise Reject("string_too_long", f"{name} is {len(value)} characters long (limit {MAX_TEXT})")
+    return value
+
+
+def text(name: str, required: bool = False) -> Callable[[Any], str | None]:
+    """A string. Empty or missing → NULL (or a reject when required). Other types → reject."""
+
+    def coerce(v: Any) -> str | None:
+        if v is None or v == "":
+            if required:
+                raise Reject("missing_required", f"{name} is {'empty' if v == '' else 'missing'}")
+            return None
+        if not isinstance(v, str):
+            raise Reject("invalid_type", f"{name} must be a string, got {type(v).__name__}")
+        return _check_text(v, name)
+
+    return coerce
+
+
+def app_key(name: str, width: int, required: bool = True) -> Callable[[Any], str | None]:
+    """An application id. Numbers (ids stored as numbers) become their decimal digits,
+    left-padded with zeros to ``width`` (12 for userId, 6 for old oauthClientAppIds)."""
+
+    def coerce(v: Any) -> str | None:
+        if v is None or v == "":
+            if required:
+                raise Reject("missing_key", f"{name} is {'empty' if v == '' else 'missing'}")
+            return None
+        if isinstance(v, str):
+            return _check_text(v, name)
+        n = _integral(v)
+        if n is not None and n >= 0:
+            return str(n).zfill(width)
+        raise Reject("invalid_key", f"{name} must be a string id, got {type(v).__name__} {preview(v)}")
+
+    return coerce
+
+
+def boolean(name: str) -> Callable[[Any], bool]:
+    """true/false; 0/1 numbers and "true"/"false" strings coerce; missing → false."""
+
+    def coerce(v: Any) -> bool:
+        if v is None:
+            return False
+        if isinstance(v, bool):
+            return v
+        if _is_int(v) and v in (0, 1):
+            return bool(v)
+        if isinstance(v, str) and v.strip().lower() in ("true", "false"):
+            return v.strip().lower() == "true"
+        raise Reject("invalid_type", f"{name} must be a boolean, got {type(v).__name__} {preview(v)}")
+
+    return coerce
+
+
+_DECIMAL = re.compile(r"-?[0-9]{1,40}")
+
+
+def integer(name: str, default: int | None = None, bits: int = 64) -> Callable[[Any], int | None]:
+    """Integers; integral floats, Decimal128 and digit strings coerce; missing → default.
+    Values outside the target column's range (``bits``) are rejected."""
+
+    def coerce(v: Any) -> int | None:
+        if v is None:
+            return default
+        n = _integral(v)
+        if n is None and isinstance(v, str) and _DECIMAL.fullmatch(v.strip()):
+            n = int(v.strip())
+        if n is None:
+            raise Reject("invalid_type", f"{name} must be an integer, got {type(v).__name__} {preview(v)}")
+        if not -(2 ** (bits - 1)) <= n < 2 ** (bits - 1):
+            raise Reject("invalid_type", f"{name} is out of the {bits}-bit integer range")
+        return n
+
+    return coerce
+
+
+
+
+def timestamp(name: str) -> Callable[[Any], dt.datetime | None]:
+    """UTC timestamps. BSON dates as is; ISO-8601 strings (no zone = UTC); epoch numbers
+    (milliseconds when above 10^11, else seconds). Anything else → reject invalid_date."""
+
+    def coerce(v: Any) -> dt.datetime | None:
+        if v is None or v == "":
+            return None
+        try:
+            if isinstance(v, dt.datetime):
+                return v.astimezone(UTC) if v.tzinfo else v.replace(tzinfo=UTC)
+            if isinstance(v, str):
+                parsed = dt.datetime.fromisoformat(v.strip())
+                return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+            n = _integral(v) if not isinstance(v, float) else v
+            if n is not None and not isinstance(v, bool) and math.isfinite(n):
+                seconds = n / 1000 if abs(n) > 1e11 else n
+                return dt.datetime.fromtimestamp(seconds, UTC)
+        except (ValueError, OverflowError, OSError):
+            pass
+        if isinstance(v, DatetimeMS):
+            raise Reject("invalid_date", f"{name} is outside the representable date range")
+        raise Reject("invalid_date", f"{name} is not a date: {type(v).__name__} {preview(v)}")
+
+    return coerce
+
+
+def array(name: str) -> Callable[[Any], list]:
+    """An array field. Missing or null → empty; a lone string → a one-element array;
+    any other non-array (object, number, boolean) → reject invalid_array."""
+
+    def coerce(v: Any) -> list:
+        if v is None:
+            return []
+        if isinstance(v, list):
+            return v
+        if isinstance(v, str):
+            return [v]
+        raise Reject("invalid_array", f"{name} must be an array, got {type(v).__name__}")
+
+    return coerce
+
+
+# --------------------------------------------------------------------------- machinery
+@dataclass
+class Result:
+    tables: dict[str, pd.DataFrame]
+    rejects: pd.DataFrame
+    counts: dict[str, Any]
+    extras: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def _storable(text: str | None) -> str | None:
+    """PostgreSQL text cannot hold NUL: make it visible instead."""
+    return None if text is None else text.replace("\x00", "\u2400")
+
+
+def _reject_row(doc: dict, scope: str, element: Any, code: str, reason: str, show_doc: bool = True) -> dict:
+    return {
+        "source_id": _storable(source_id(doc)),
+        "scope": scope,
+        "element": None if element is None else (
+            _storable(element[:200]) if isinstance(element, str) else preview(element, 200)),
+        "reason_code": code,
+        "reason": reason,
+        "document": render(doc) if show_doc else None,
+    }
+
+
+def rejects_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=REJECT_COLUMNS).astype(object)
+
+
+def _coerce(docs: pd.DataFrame, rules: dict[str, tuple[str, Callable]]) -> tuple[pd.DataFrame, list[dict]]:
+    """Apply ``rules`` (column -> (source field, coercer)) to every document.
+    Returns the coerced frame of accepted documents and one reject per refused document
+    (the first failing field, in rule order)."""
+    out: dict[str, list] = {col: [] for col in rules}
+    keep: list[int] = []
+    rejects: list[dict] = []
+    items = [(col, docs[src].tolist(), fn) for col, (src, fn) in rules.items()]
+    ids = docs["_id"].tolist()
+    for i in range(len(docs)):
+        row = []
+        try:
+            if ids[i] is None or "\x00" in ids[i]:
+                raise Reject("invalid_document_id", "the document's _id is null or contains a NUL byte; "
+                                                    "give it a proper _id at the source")
+            for col, values, fn in items:
+                row.append(fn(values[i]))
+        except Reject as r:
+            rejects.append(_reject_row(docs["_doc"].iat[i], "document", None, r.code, r.reason))
+            continue
+        keep.append(i)
+        for (col, _, _), value in zip(items, row):
+            out[col].append(value)
+    frame = pd.DataFrame({col: pd.Series(vals, dtype=object) for col, vals in out.items()})
+    frame["mongo_id"] = pd.Series([ids[i] for i in keep], dtype=object)
+    frame["_row"] = keep
+    return frame, rejects
+
+
+def _drop_duplicates(frame: pd.DataFrame, docs: pd.DataFrame, subset: list[str], order: list[str],
+                     ascending: list[bool], code: str, what: str, casefold: bool = False
+                     ) -> tuple[pd.DataFrame, list[dict]]:
+    """Keep one row per ``subset`` (the first by ``order``); reject the others naming the winner.
+    Rows with a NULL in ``subset`` are never duplicates of each other."""
+    if frame.empty:
+        return frame, []
+    keys = frame[subset].copy()
+    if casefold:
+        keys = keys.apply(lambda s: s.map(lambda v: v.casefold() if isinstance(v, str) else v))
+    ranked = frame.sort_values(order + ["mongo_id"], ascending=ascending + [True], na_position="last",
+                               kind="stable")
+    keys = keys.loc[ranked.index]
+    has_all = keys.notna().all(axis=1)
+    dup = keys.duplicated(keep="first") & has_all
+    if not dup.any():
+        return frame, []
+    winners = ranked[~dup & has_all].assign(_k=[tuple(k) for k in keys[~dup & has_all].itertuples(index=False)])
+    winner_of = dict(zip(winners["_k"], winners["mongo_id"]))
+    rejects = []
+    for idx in ranked.index[dup.to_numpy()]:
+        k = tuple(keys.loc[idx])
+        rejects.append(_reject_row(
+            docs["_doc"].iat[frame.at[idx, "_row"]], "document", None, code,
+            f"{what} {preview(k if len(k) > 1 else k[0])} is already used by document {winner_of[k]}",
+        ))
+    return frame.drop(index=ranked.index[dup.to_numpy()]), rejects
+
+
+def _drop_clashes(frame: pd.DataFrame, docs: pd.DataFrame, existing: pd.DataFrame | None, subset: list[str],
+                  code: str, what: str, casefold: bool = False) -> tuple[pd.DataFrame, list[dict]]:
+    """Incremental runs: reject batch rows whose ``subset`` is already taken by a target row
+    that stays (existing rows win; ``existing`` holds only rows outside the batch)."""
+    if existing is None or existing.empty or frame.empty:
+        return frame, []
+
+    def fold(v):
+        return v.casefold() if casefold and isinstance(v, str) else v
+
+    taken = {tuple(fold(v) for v in row): rid for rid, *row in existing[["id", *subset]].itertuples(index=False)
+             if all(v is not None and v is not pd.NA for v in row)}
+    drop, rejects = [], []
+    for idx, row in zip(frame.index, frame[subset].itertuples(index=False)):
+        k = tuple(fold(v) for v in row)
+        if k in taken:
+            drop.append(idx)
+            rejects.append(_reject_row(docs["_doc"].iat[frame.at[idx, "_row"]], "document", None, code,
+                                       f"{what} {preview(k if len(k) > 1 else k[0])} is already used by "
+                                       f"existing row {taken[k]}"))
+    return frame.drop(index=drop), rejects
+
+
+def _typed(frame: pd.DataFrame, table: str) -> pd.DataFrame:
+    """Columns in table order with nullable dtypes (no float-ified ints, no object bools)."""
+    spec = TABLES[table].columns
+    out = {}
+    for col, kind in spec.items():
+        values = frame[col] if col in frame else pd.Series([None] * len(frame), dtype=object)
+        values = values.reset_index(drop=True)
+        if kind in ("text", "inet"):
+            out[col] = values.astype("string")
+        elif kind == "bool":
+            out[col] = values.astype("boolean")
+        elif kind == "int":
+            out[col] = values.astype("Int64")
+        elif kind == "timestamp":
+            out[col] = pd.to_datetime(values, utc=True).astype("datetime64[us, UTC]")
+        else:  # pragma: no cover - registry and this function are kept in step by tests
+            raise ValueError(f"unknown column kind {kind}")
+    return pd.DataFrame(out)
+
+
+def _explode(frame: pd.DataFrame, docs: pd.DataFrame, array_col: str, parent_col: str, child_col: str,
+             element_fn: Callable[[Any], str], known: set[str] | None = None
+             ) -> tuple[pd.DataFrame, list[dict], dict[str, int]]:
+    """One join row per valid, distinct, known element; a reject row for every other element.
+    ``element_fn`` returns the element's key or raises Reject; it may return WILDCARD."""
+    parents, children, rejects = [], [], []
+    elements = wildcards = 0
+    for parent, values, row in zip(frame[parent_col], frame[array_col], frame["_row"]):
+        seen: set[str] = set()
+        for el in values:
+            elements += 1
+            doc = docs["_doc"].iat[row]
+            try:
+                key = element_fn(el)
+            except Reject as r:
+                rejects.append(_reject_row(doc, "element", el, r.code, r.reason))
+                continue
+            if key in seen:
+                rejects.append(_reject_row(doc, "element", el, "duplicate_element",
+                                           f"{preview(el)} appears more than once in the array"))
+                continue
+            seen.add(key)
+            if key == WILDCARD:
+                wildcards += 1
+                continue
+            if known is not None and key not in known:
+                rejects.append(_reject_row(doc, "element", el, "dangling_user",
+                                           f"user {preview(key)} does not exist (or was rejected)"))
+                continue
+            parents.append(parent)
+            children.append(key)
+    rows = pd.DataFrame({parent_col: parents, child_col: children})
+    counts = {"array_elements": elements, "rejected_elements": len(rejects), "wildcard_elements": wildcards}
+    return rows, rejects, counts
+
+
+def _role_name(el: Any) -> str:
+    if not isinstance(el, str):
+        raise Reject("invalid_element", f"role must be a string, got {type(el).__name__}")
+    if el.strip() == "":
+        raise Reject("invalid_element", "role is an empty string")
+    return _check_text(el, "role")
+
+
+def _member_id(el: Any) -> str:
+    if el == WILDCARD:
+        return WILDCARD
+    try:
+        return app_key("user id", 12)(el)
+    except Reject as r:
+        raise Reject("invalid_element", r.reason) from None
+
+
+def _legacy_app_id(el: Any) -> str | None:
+    try:
+        return app_key("app id", 6)(el)
+    except Reject:
+        return None
+
+
+def _finish(docs: pd.DataFrame, rejects: list[dict], tables: dict[str, pd.DataFrame],
+            counts: dict[str, Any], extras: dict | None = None) -> Result:
+    doc_rejects = sum(1 for r in rejects if r["scope"] == "document")
+    counts = {
+        "source_documents": len(docs),
+        "rejected_documents": doc_rejects,
+        "rows": {name: len(df) for name, df in tables.items()},
+        **counts,
+        "rejects_by_reason": dict(sorted(Counter(r["reason_code"] for r in rejects).items())),
+    }
+    return Result(tables=tables, rejects=rejects_frame(rejects), counts=counts, extras=extras or {})
+
+
+# --------------------------------------------------------------------------- collections
+USER_RULES = {
+    "id": ("userId", app_key("userId", 12)),
+    "username": ("username", text("username", required=True)),
+    "email": ("email", text("email")),
+    "password_hash": ("password", text("password")),
+    "first_name": ("firstName", text("firstName")),
+    "last_name": ("lastName", text("lastName")),
+    "identity_provider": ("identityProvider", text("identityProvider")),
+    "identity_provider_user_id": ("identityProviderUserId", app_key("identityProviderUserId", 0, required=False)),
+    "passkey_id": ("passkeyId", text("passkeyId")),
+    "passkey_public_key": ("passkeyPublicKey", text("passkeyPublicKey")),
+    "mfa_secret": ("mfaSecret", text("mfaSecret")),
+    "mfa_enabled": ("mfaEnabled", boolean("mfaEnabled")),
+    "email_verified": ("emailVerified", boolean("emailVerified")),
+    "sign_count": ("signCount", integer("signCount", default=0)),
+    "can_manage_apps": ("canManageApps", boolean("canManageApps")),
+    "banned": ("banned", boolean("banned")),
+    "banned_at": ("bannedAt", timestamp("bannedAt")),
+    "banned_reason": ("bannedReason", text("bannedReason")),
+    "banned_by": ("bannedBy", app_key("bannedBy", 12, required=False)),
+    "created_at": ("createdAt", timestamp("createdAt")),
+    "updated_at": ("updatedAt", timestamp("updatedAt")),
+    "_roles": ("providerRoles", array("providerRoles")),
+    "_legacy_apps": ("oauthClientAppIds", array("oauthClientAppIds")),
+}
+
+
+def transform_users(docs: pd.DataFrame, existing: pd.DataFrame | None = None) -> Result:
+    """users → users, roles (distinct providerRoles), user_roles; plus the legacy
+    app ownership claims (``extras['legacy_owners']``) used to back-fill app owners.
+    ``existing``: target rows outside this batch (incremental runs); they win collisions."""
+    frame, rejects = _coerce(docs, USER_RULES)
+    for subset, code, what, fold in (
+        (["username"], "duplicate_username", "username", False),
+        (["email"], "duplicate_email", "email (compared case-insensitively)", True),
+        (["identity_provider", "identity_provider_user_id"], "duplicate_identity",
+         "identity (provider, provider user id)", False),
+    ):
+        frame, dropped = _drop_clashes(frame, docs, existing, subset, code, what, fold)
+        rejects += dropped
+    for subset, order, asc, code, what, fold in (
+        (["id"], ["updated_at"], [False], "duplicate_key", "userId", False),
+        (["username"], ["created_at"], [True], "duplicate_username", "username", False),
+        (["email"], ["created_at"], [True], "duplicate_email", "email (compared case-insensitively)", True),
+        (["identity_provider", "identity_provider_user_id"], ["created_at"], [True],
+         "duplicate_identity", "identity (provider, provider user id)", False),
+    ):
+        frame, dropped = _drop_duplicates(frame, docs, subset, order, asc, code, what, casefold=fold)
+        rejects += dropped
+    frame = frame.sort_values("id", kind="stable")
+    user_roles, el_rejects, el_counts = _explode(frame, docs, "_roles", "id", "role_id", _role_name)
+    user_roles = user_roles.rename(columns={"id": "user_id"}).sort_values(["user_id", "role_id"])
+    rejects += el_rejects
+    roles = sorted(set(user_roles["role_id"]))
+    legacy = [
+        (app, user)
+        for user, apps in zip(frame["id"], frame["_legacy_apps"])
+        for app in {a for a in map(_legacy_app_id, apps) if a is not None}
+    ]
+    tables = {
+        "users": _typed(frame, "users"),
+        "roles": _typed(pd.DataFrame({"id": roles, "name": roles}), "roles"),
+        "user_roles": _typed(user_roles, "user_roles"),
+    }
+    extras = {"legacy_owners": pd.DataFrame(sorted(legacy), columns=["app_id", "user_id"]).astype("string")}
+    return _finish(docs, rejects, tables, {"arrays": {"user_roles": el_counts}}, extras)
+
+
+APP_RULES = {
+    "id": ("oauthClientAppId", app_key("oauthClientAppId", 6)),
+    "client_id": ("clientId", text("clientId", required=True)),
+    "client_secret": ("clientSecret", text("clientSecret")),
+    "name": ("oauthAppName", text("oauthAppName")),
+    "redirect_uri": ("redirectUri", text("redirectUri")),
+    "access_token_validity": ("accessTokenValidity", integer("accessTokenValidity", bits=32)),
+    "is_public_client": ("isPublicClient", boolean("isPublicClient")),
+    "owner_user_id": ("owner", app_key("owner", 12, required=False)),
+    "disabled": ("disabled", boolean("disabled")),
+    "disabled_at": ("disabledAt", timestamp("disabledAt")),
+    "disabled_reason": ("disabledReason", text("disabledReason")),
+    "created_at": ("createdAt", timestamp("createdAt")),
+    "updated_at": ("updatedAt", timestamp("updatedAt")),
+}
+
+
+def transform_apps(docs: pd.DataFrame, known_users: set[str], legacy_owners: pd.DataFrame,
+                   existing: pd.DataFrame | None = None) -> Result:
+    """oauthClientApps → oauth_client_apps. A missing owner is back-filled from the user whose
+    legacy ``oauthClientAppIds`` lists the app; an owner that cannot be resolved becomes NULL
+    with a field-level reject explaining why (the app itself is kept)."""
+    frame, rejects = _coerce(docs, APP_RULES)
+    frame, dropped = _drop_clashes(frame, docs, existing, ["client_id"], "duplicate_client_id", "clientId")
+    rejects += dropped
+    for subset, order, asc, code, what in (
+        (["id"], ["updated_at"], [False], "duplicate_key", "oauthClientAppId"),
+        (["client_id"], ["created_at"], [True], "duplicate_client_id", "clientId"),
+    ):
+        frame, dropped = _drop_duplicates(frame, docs, subset, order, asc, code, what)
+        rejects += dropped
+    claims = legacy_owners.groupby("app_id")["user_id"].agg(lambda s: sorted(set(s))).to_dict() \
+        if len(legacy_owners) else {}
+    owners, backfilled = [], 0
+    for app, owner, row in zip(frame["id"], frame["owner_user_id"], frame["_row"]):
+        doc = docs["_doc"].iat[row]
+        if owner is not None:
+            if owner not in known_users:
+                rejects.append(_reject_row(doc, "field", owner, "dangling_owner",
+                                           f"owner {owner} does not exist (or was rejected); owner set to NULL"))
+                owner = None
+        else:
+            claimants = [u for u in claims.get(app, []) if u in known_users]
+            if len(claimants) == 1:
+                owner = claimants[0]
+                backfilled += 1
+            elif claimants:
+                rejects.append(_reject_row(doc, "field", ",".join(claimants), "ambiguous_owner",
+                                           f"{len(claimants)} users list this app in oauthClientAppIds; owner left NULL"))
+            else:
+                rejects.append(_reject_row(doc, "field", None, "missing_owner",
+                                           "no owner and no user lists this app in oauthClientAppIds; owner left NULL"))
+        owners.append(owner)
+    frame["owner_user_id"] = pd.Series(owners, index=frame.index, dtype=object)
+    frame = frame.sort_values("id", kind="stable")
+    tables = {"oauth_client_apps": _typed(frame, "oauth_client_apps")}
+    return _finish(docs, rejects, tables, {"owners_backfilled": backfilled})
+
+
+ROLE_RULES = {
+    "id": ("oauthRoleId", app_key("oauthRoleId", 0)),
+    "oauth_client_app_id": ("oauthClientAppId", app_key("oauthClientAppId", 6)),
+    "oauth_client_id": ("oauthClientId", text("oauthClientId")),
+    "name": ("oauthRoleName", text("oauthRoleName", required=True)),
+    "owner_user_id": ("owner", app_key("owner", 12, required=False)),
+    "created_at": ("createdAt", timestamp("createdAt")),
+    "updated_at": ("updatedAt", timestamp("updatedAt")),
+    "_members": ("oauthUserIds", array("oauthUserIds")),
+}
+
+
+def transform_roles(docs: pd.DataFrame, known_users: set[str], known_apps: set[str],
+                    existing: pd.DataFrame | None = None) -> Result:
+    """oauthRoles → client_roles, client_role_users. ``"*"`` sets ``grants_all_users``
+    (kept alongside any explicit members); a role of a missing app is rejected."""
+    frame, rejects = _coerce(docs, ROLE_RULES)
+    dangling = ~frame["oauth_client_app_id"].isin(known_apps)
+    for idx in frame.index[dangling.to_numpy()]:
+        rejects.append(_reject_row(
+            docs["_doc"].iat[frame.at[idx, "_row"]], "document", None, "dangling_app",
+            f"app {frame.at[idx, 'oauth_client_app_id']} does not exist (or was rejected)"))
+    frame = frame[~dangling]
+    frame, dropped = _drop_clashes(frame, docs, existing, ["oauth_client_app_id", "name"], "duplicate_role_name",
+                                   "(app, role name)")
+    rejects += dropped
+    for subset, order, asc, code, what in (
+        (["id"], ["updated_at"], [False], "duplicate_key", "oauthRoleId"),
+        (["oauth_client_app_id", "name"], ["created_at"], [True], "duplicate_role_name", "(app, role name)"),
+    ):
+        frame, dropped = _drop_duplicates(frame, docs, subset, order, asc, code, what)
+        rejects += dropped
+    owners = []
+    for owner, row in zip(frame["owner_user_id"], frame["_row"]):
+        if owner is not None and owner not in known_users:
+            rejects.append(_reject_row(docs["_doc"].iat[row], "field", owner, "dangling_owner",
+                                       f"owner {owner} does not exist (or was rejected); owner set to NULL"))
+            owner = None
+        owners.append(owner)
+    frame = frame.assign(
+        owner_user_id=pd.Series(owners, index=frame.index, dtype=object),
+        grants_all_users=[WILDCARD in m for m in frame["_members"]],
+    ).sort_values("id", kind="stable")
+    members, el_rejects, el_counts = _explode(frame, docs, "_members", "id", "user_id", _member_id, known_users)
+    members = members.rename(columns={"id": "client_role_id"}).sort_values(["client_role_id", "user_id"])
+    rejects += el_rejects
+    tables = {
+        "client_roles": _typed(frame, "client_roles"),
+        "client_role_users": _typed(members, "client_role_users"),
+    }
+    return _finish(docs, rejects, tables, {"arrays": {"client_role_users": el_counts}})
+
+
+TRANSFORMS = {"users": transform_users, "oauthClientApps": transform_apps, "oauthRoles": transform_roles}
+assert set(TRANSFORMS) == set(COLLECTIONS)
