@@ -1,0 +1,143 @@
+"""
+### mongo_to_postgres — the identity provider's MongoDB into a normalized PostgreSQL schema
+
+Per collection (`users`, `oauthClientApps`, `oauthRoles`): **export** streams the documents in
+batches into run-scoped Parquet; **transform** coerces types, de-duplicates, explodes
+`providerRoles` and `oauthUserIds` into `user_roles` / `client_role_users`, back-fills app
+owners, and turns every bad document or element into a reject with a reason; **load** COPYs
+into staging and merges set-based in one transaction (the target equals the source again,
+deletions included). **validate** fails the run on orphan rows, on a constraint or index
+missing from the catalog, on counts that do not reconcile, or on too many rejects.
+
+**Reading the result**: the `validate` task's log holds the report (rows per table, changes,
+rejects per reason with examples, time per task, every check); the same report is in
+`authmigrate.runs` and in `report.md` / `report.html` / `chart.png` under
+`$AUTHMIGRATE_REPORT_DIR/<run id>/`. Each reject, with the redacted document, is in
+`authmigrate.rejects` (filter by `run_id`). Optional at the end: `invalidate_cache` and
+`cutover` (Redis switch `authmigrate:datastore`; rollback: `redis-cli SET authmigrate:datastore mongo`).
+Tick *dry run* to export and transform only: the report lists what would be rejected.
+"""
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Param, TaskGroup, task
+
+from authmigrate import tasks
+from authmigrate.config import (DAG_ID, DEFAULT_CONN_IDS, DEFAULT_SOURCE_COLLECTIONS, SCHEMA_PATTERN, default_cache_keys,
+                                schedule, task_defaults)
+from authmigrate.registry import COLLECTIONS
+
+WHAT, HOW, SAFETY, CONNECTIONS = "What to migrate", "How", "Safety", "Connections"
+
+with DAG(
+    dag_id=DAG_ID,
+    doc_md=__doc__,
+    schedule=schedule(),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={**task_defaults(), "on_failure_callback": tasks.mark_failed},
+    tags=["authmigrate", "mongo", "postgres"],
+    params={
+        "collections": Param(
+            list(DEFAULT_SOURCE_COLLECTIONS), type="array",
+            items={"type": "string", "enum": list(DEFAULT_SOURCE_COLLECTIONS)}, minItems=1,
+            examples=list(DEFAULT_SOURCE_COLLECTIONS),  # the trigger form shows a multi-select
+            title="Collections", section=WHAT,
+            description="Which source collections to migrate. A collection left out keeps its target "
+                        "rows; references to it are checked against the target table.",
+        ),
+        **{
+            f"source_{logical}": Param(
+                default, type="string", minLength=1, maxLength=120, pattern=r"^[^$\x00]+$",
+                title=f"MongoDB collection for {logical}", section=WHAT,
+                description="The collection's real name in MongoDB. Apps using Mongoose store "
+                            "lower-cased plural names (e.g. oauthclientapps): check yours.",
+            )
+            for logical, default in DEFAULT_SOURCE_COLLECTIONS.items()
+        },
+        "sessions": Param(
+            True, type="boolean", title="Sync session metadata", section=WHAT,
+            description="Read the app's session keys from Redis (read-only) into the sessions audit table.",
+        ),
+        "target_schema": Param(
+            "public", type="string", pattern=SCHEMA_PATTERN, title="Target schema", section=WHAT,
+            description="PostgreSQL schema of the app's tables (created if missing). Bookkeeping always "
+                        "goes to the separate schema authmigrate.",
+        ),
+        "mode": Param(
+            "full", type="string", enum=["full", "incremental"], title="Mode", section=HOW,
+            description="full: read every document. incremental: read documents whose updatedAt is newer than "
+                        "the collection's watermark (minus the overlap) plus a cheap key-only pass that "
+                        "propagates deletions. Watermarks advance only after a passing validation.",
+        ),
+        "overlap_seconds": Param(
+            300, type="integer", minimum=0, maximum=7 * 86400, title="Incremental overlap (s)", section=HOW,
+            description="Safety overlap subtracted from the watermark, for clocks and in-flight writes.",
+        ),
+        "batch_size": Param(
+            5000, type="integer", minimum=1, maximum=1_000_000, title="Batch size", section=HOW,
+            description="Documents per MongoDB batch and per Parquet row group.",
+        ),
+        "dry_run": Param(
+            False, type="boolean", title="Dry run", section=SAFETY,
+            description="Export and transform only, and report the rejects. Nothing is written to PostgreSQL.",
+        ),
+        "cutover": Param(
+            False, type="boolean", title="Cut over", section=SAFETY,
+            description="After a passing validation, set the Redis key authmigrate:datastore to 'postgres' "
+                        "(the app's switch). Rollback: redis-cli SET authmigrate:datastore mongo",
+        ),
+        "cache_keys": Param(
+            default_cache_keys(), type="object", title="Cache keys to invalidate", section=HOW,
+            description='Per table, the app\'s cache-key patterns, e.g. {"users": ["cache:user:{id}"]}. '
+                        "Keys of rows this run changed or deleted are UNLINKed after validation.",
+        ),
+        "verify": Param(
+            True, type="boolean", title="Verify content", section=SAFETY,
+            description="Compare a hash of every loaded row's mapped fields, computed in PostgreSQL, with the "
+                        "same hash computed from the export. Any mismatch fails the run.",
+        ),
+        "max_reject_ratio": Param(
+            0.05, type="number", minimum=0, maximum=1, title="Max reject ratio", section=SAFETY,
+            description="Fail the run when more than this share of source documents is rejected.",
+        ),
+        **{
+            f"{kind}_conn_id": Param(
+                conn_id, type="string", minLength=1, title=f"{kind.title()} connection id", section=CONNECTIONS,
+                description=f"Airflow connection of the {kind} server.",
+            )
+            for kind, conn_id in DEFAULT_CONN_IDS.items()
+        },
+    },
+) as dag:
+    prepare = task(task_id="prepare")(tasks.prepare)()
+    validate = task(task_id="validate", trigger_rule="none_failed")(tasks.validate)()
+    invalidate_cache = task(task_id="invalidate_cache")(tasks.invalidate_cache)()
+    cutover = task(task_id="cutover", trigger_rule="none_failed")(tasks.cutover)()
+    validate >> invalidate_cache >> cutover
+    groups = {}
+    for name, spec in COLLECTIONS.items():
+        with TaskGroup(group_id=name) as group:
+            export = task(task_id="export")(tasks.export)(name)
+            transform = task(task_id="transform", trigger_rule="none_failed")(tasks.transform)(name)
+            load = task(task_id="load", trigger_rule="none_failed")(tasks.load)(name)
+            export >> transform >> load
+        groups[name] = (transform, load)
+        prepare >> load >> validate
+        for dependency in spec.depends_on:
+            groups[dependency][0] >> transform
+            groups[dependency][1] >> load
+
+    with TaskGroup(group_id="sessions"):
+        sessions_export = task(task_id="export")(tasks.sessions_export)()
+        sessions_transform = task(task_id="transform", trigger_rule="none_failed")(tasks.sessions_transform)()
+        sessions_load = task(task_id="load", trigger_rule="none_failed")(tasks.sessions_load)()
+        sessions_export >> sessions_transform >> sessions_load
+    for name in ("users", "oauthClientApps"):
+        groups[name][0] >> sessions_transform
+        groups[name][1] >> sessions_load
+    prepare >> sessions_export  # read Redis once the run holds the lock
+    sessions_load >> validate
+    # a teardown: releases the migration lock however the run ended (ignored for the run's state)
+    validate >> task(task_id="release_lock")(tasks.release_lock)().as_teardown()

@@ -1,0 +1,1 @@
+SELECT count(*) FROM {table} WHERE {parent_column} = ANY (%(parents)s)

@@ -1,0 +1,1 @@
+DELETE FROM permissions WHERE NOT (id = ANY (%(ids)s))

@@ -1,0 +1,1 @@
+COPY authmigrate.rejects (run_id, collection, source_id, scope, element, reason_code, reason, document) FROM STDIN

@@ -1,0 +1,1 @@
+INSERT INTO roles (id, name) VALUES (%(id)s, %(id)s) ON CONFLICT (id) DO NOTHING

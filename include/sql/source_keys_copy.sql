@@ -1,0 +1,1 @@
+COPY {staging} (key) FROM STDIN

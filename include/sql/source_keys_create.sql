@@ -1,0 +1,1 @@
+CREATE TEMP TABLE {staging} (key text PRIMARY KEY) ON COMMIT DROP

@@ -1,0 +1,1 @@
+COPY {expected} (key, hash) FROM STDIN

@@ -1,0 +1,1 @@
+CREATE TEMP TABLE {expected} (key text PRIMARY KEY, hash text NOT NULL) ON COMMIT DROP

@@ -1,0 +1,1 @@
+SELECT {columns} FROM {target} WHERE {key} = ANY (%(keys)s)

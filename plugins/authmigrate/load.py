@@ -1,0 +1,205 @@
+"""Load: prepare the target, then per collection COPY into staging and merge set-based,
+in one transaction, so a failed or killed load leaves the target as it was."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import yaml
+from psycopg import sql
+
+from authmigrate import sqlfiles
+from authmigrate.config import BOOKKEEPING_SCHEMA, DAG_ID, RunConfig, include_dir
+from authmigrate.db import connect, q, qualified, use_schema
+from authmigrate.registry import COLLECTIONS, TABLES, Table
+from authmigrate.staging import read_frame
+
+log = logging.getLogger("authmigrate")
+COPY_BATCH = 50_000
+
+
+# --------------------------------------------------------------------------- prepare
+def apply_schema(conn, cfg: RunConfig) -> list[str]:
+    """Create what schema.sql declares; re-add any named constraint that is missing.
+    Returns the constraints (re)added."""
+    added = []
+    with conn.transaction():
+        # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists:
+        # look first, so a least-privilege role owning both schemas needs nothing more
+        schemas = {r[0] for r in conn.execute(q("schema_names"))}
+        for stmt in sqlfiles.statements("bookkeeping"):
+            if stmt.upper().startswith("CREATE SCHEMA") and BOOKKEEPING_SCHEMA in schemas:
+                continue
+            conn.execute(stmt)
+        if cfg.target_schema not in schemas:
+            conn.execute(q("create_schema", schema=cfg.target_schema))
+        use_schema(conn, cfg)
+        present = {r[0] for r in conn.execute(q("constraint_names"), {"schema": cfg.target_schema})}
+        constraints = {c.statement: c for c in sqlfiles.declared_constraints()}
+        for stmt in sqlfiles.statements("schema"):
+            c = constraints.get(stmt)
+            if c is not None:
+                if c.name in present:
+                    continue
+                added.append(c.name)
+            conn.execute(stmt)
+    return added
+
+
+def load_permissions(path: Path | None = None) -> dict:
+    path = path or include_dir() / "permissions.yaml"
+    data = yaml.safe_load(path.read_text()) or {}
+    perms, roles = data.get("permissions") or {}, data.get("roles") or {}
+    for role, granted in roles.items():
+        unknown = [p for p in granted or [] if p not in perms]
+        if unknown:
+            raise ValueError(f"{path}: role {role!r} grants undeclared permissions {unknown}")
+    return {"permissions": perms, "roles": {r: list(g or []) for r, g in roles.items()}}
+
+
+def seed_permissions(conn, cfg: RunConfig) -> dict:
+    """permissions and role_permissions become exactly what the mapping file says."""
+    mapping = load_permissions()
+    pairs = [(r, p) for r, granted in mapping["roles"].items() for p in granted]
+    with conn.transaction():
+        use_schema(conn, cfg)
+        with conn.cursor() as cur:
+            cur.executemany(q("permissions_upsert"),
+                            [{"id": k, "name": k, "description": v} for k, v in mapping["permissions"].items()])
+            cur.executemany(q("roles_insert"), [{"id": r} for r in mapping["roles"]])
+            cur.executemany(q("role_permissions_insert"), [{"role_id": r, "permission_id": p} for r, p in pairs])
+        conn.execute(q("role_permissions_prune"), {"pairs": [f"{r}/{p}" for r, p in pairs]})
+        conn.execute(q("permissions_prune"), {"ids": list(mapping["permissions"])})
+    return {"permissions": len(mapping["permissions"]), "role_permissions": len(pairs)}
+
+
+def prepare(cfg: RunConfig, params: dict) -> dict:
+    with connect(cfg) as conn:
+        added = apply_schema(conn, cfg)
+        if added:
+            log.warning("prepare: re-added missing constraints %s", added)
+        seeded = seed_permissions(conn, cfg)
+        conn.execute(q("run_start"), {
+            "run_id": cfg.run_id, "dag_id": DAG_ID, "target_schema": cfg.target_schema,
+            "params": json.dumps(params, default=str),
+        })
+    return {"constraints_added": added, **seeded}
+
+
+# --------------------------------------------------------------------------- load
+def _copy_file(conn, staging: str, table: Table, path: Path) -> int:
+    """COPY a Parquet file into a staging table, streaming record batches."""
+    cols = table.column_names
+    n = 0
+    with conn.cursor() as cur, cur.copy(q("staging_copy", staging=staging, columns=cols)) as copy:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=COPY_BATCH, columns=list(cols)):
+            columns = [batch.column(c).to_pylist() for c in cols]
+            for row in zip(*columns):
+                copy.write_row(row)
+            n += batch.num_rows
+    return n
+
+
+def _copy_keys(conn, staging: str, keys) -> None:
+    conn.execute(q("source_keys_create", staging=staging))
+    with conn.cursor() as cur, cur.copy(q("source_keys_copy", staging=staging)) as copy:
+        for k in keys:
+            copy.write_row((k,))
+
+
+def _key_match(table: Table) -> dict:
+    return {"s_key": qualified("s", table.key), "t_key": qualified("t", table.key)}
+
+
+def _change_log(cfg: RunConfig, table: Table) -> tuple[dict, dict | None]:
+    """Template parts recording changed rows' keys when the table has cache keys configured."""
+    if table.name not in cfg.cache_keys:
+        return {"row_key": sql.SQL("NULL::jsonb"), "log_changes": sql.SQL("")}, None
+    row_key = sql.SQL("jsonb_build_object({})").format(sql.SQL(", ").join(
+        sql.SQL("{}, {}").format(sql.Literal(f), sql.Identifier("t", f)) for f in table.change_fields))
+    return {"row_key": row_key, "log_changes": q("log_changes")}, {"run_id": cfg.run_id, "table": table.name}
+
+
+def merge_table(conn, cfg: RunConfig, table: Table, staging: dict[str, str], incremental: bool = False
+                ) -> dict[str, int]:
+    target, stg = table.name, staging[table.name]
+    cols = table.column_names
+    if table.sync == "mirror":
+        log_parts, params = _change_log(cfg, table)
+        if incremental:
+            deleted = conn.execute(q(
+                "merge_delete_gone_incremental", target=target, staging=stg, key=table.key[0],
+                source_keys=staging["source_keys"], rejected_docs=staging["rejected_docs"], **log_parts,
+            ), params).fetchone()[0]
+        else:
+            deleted = conn.execute(q("merge_delete_missing", target=target, staging=stg, **_key_match(table),
+                                     **log_parts), params).fetchone()[0]
+        inserted, updated = conn.execute(q(
+            "merge_upsert", target=target, staging=stg, columns=cols, key=table.key,
+            excluded=qualified("excluded", cols), t_columns=qualified("t", cols), **log_parts,
+        ), params).fetchone()
+        return {"inserted": inserted, "updated": updated, "deleted": deleted}
+    deleted = 0
+    if table.sync == "children":
+        parent = TABLES[table.parent]
+        deleted = conn.execute(q(
+            "merge_delete_stale_children", target=target, staging=stg, parent_column=table.parent_column,
+            parent_key=parent.key[0], parent_staging=staging[parent.name], **_key_match(table),
+        )).rowcount
+    inserted = conn.execute(q("merge_insert_new", target=target, staging=stg, columns=cols)).rowcount
+    return {"inserted": inserted, "updated": 0, "deleted": deleted}
+
+
+def _copy_rejects(conn, cfg: RunConfig, collection: str, path: Path) -> int:
+    conn.execute(q("rejects_delete"), {"run_id": cfg.run_id, "collection": collection})
+    n = 0
+    with conn.cursor() as cur, cur.copy(q("rejects_copy")) as copy:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=COPY_BATCH):
+            d = batch.to_pydict()
+            for i in range(batch.num_rows):
+                copy.write_row((cfg.run_id, collection, d["source_id"][i], d["scope"][i], d["element"][i],
+                                d["reason_code"][i], d["reason"][i], d["document"][i]))
+            n += batch.num_rows
+    return n
+
+
+def load_collection(cfg: RunConfig, collection: str, transformed: dict, guard=None) -> dict:
+    spec = COLLECTIONS[collection]
+    return load_tables(cfg, collection, spec.tables, spec.cleanup, transformed, guard)
+
+
+def load_tables(cfg: RunConfig, source: str, tables: tuple[Table, ...], cleanup: tuple[str, ...],
+                transformed: dict, guard=None) -> dict:
+    """One transaction: staging tables, COPY, merge every table of the source, its rejects.
+    ``guard`` is called right before the commit (the migration lock check)."""
+    started = time.monotonic()
+    changes: dict[str, dict[str, int]] = {}
+    with connect(cfg) as conn, conn.transaction():
+        use_schema(conn, cfg)
+        conn.execute(q("load_session_settings"))
+        staging = {}
+        for table in tables:
+            staging[table.name] = f"stg_{table.name}"
+            conn.execute(q("staging_create", staging=staging[table.name], target=table.name))
+            n = _copy_file(conn, staging[table.name], table, Path(transformed["tables"][table.name]))
+            log.info("load %s: copied %d rows into staging for %s", source, n, table.name)
+        incremental = transformed.get("mode") == "incremental"
+        if incremental:
+            staging["source_keys"], staging["rejected_docs"] = "stg_source_keys", "stg_rejected_docs"
+            _copy_keys(conn, "stg_source_keys", read_frame(transformed["source_keys"])["key"])
+            doc_rejects = read_frame(transformed["rejects"])
+            _copy_keys(conn, "stg_rejected_docs",
+                       doc_rejects.loc[doc_rejects["scope"] == "document", "source_id"].dropna().drop_duplicates())
+        for table in tables:
+            changes[table.name] = merge_table(conn, cfg, table, staging, incremental)
+            log.info("load %s: merged %s %s", source, table.name, changes[table.name])
+        for name in cleanup:
+            conn.execute(q(name))
+        rejects = _copy_rejects(conn, cfg, source, Path(transformed["rejects"]))
+        if guard:
+            guard()
+    log.info("load %s: committed in %.1fs, %d rejects recorded", source, time.monotonic() - started, rejects)
+    return {"changes": changes, "rejects": rejects}

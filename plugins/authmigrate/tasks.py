@@ -1,0 +1,229 @@
+"""Task bodies. The DAG file wires these; each reads its params from the running context.
+
+Stage modules (pandas, pyarrow, pymongo, psycopg) are imported inside the functions so that
+parsing the DAG stays cheap.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+from authmigrate.config import RunConfig
+from authmigrate.registry import COLLECTIONS
+
+log = logging.getLogger("authmigrate")
+
+
+def _timed(fn):
+    """Add the task's own duration to its XCom (the report's time per task)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        started = time.monotonic()
+        result = fn(*args, **kwargs)
+        if isinstance(result, dict):
+            result["seconds"] = round(time.monotonic() - started, 3)
+        return result
+
+    return wrapper
+
+
+def _context():
+    from airflow.sdk import get_current_context
+
+    ctx = get_current_context()
+    return ctx, RunConfig.from_params(dict(ctx["params"]), ctx["run_id"])
+
+
+def _require(cfg: RunConfig, collection: str) -> None:
+    if collection not in cfg.collections:
+        from airflow.exceptions import AirflowSkipException
+
+        raise AirflowSkipException(f"{collection} is not in this run's collections {list(cfg.collections)}")
+
+
+def _results(ti, cfg: RunConfig) -> dict[str, dict]:
+    sources = [c for c in COLLECTIONS if c in cfg.collections] + (["sessions"] if cfg.sessions else [])
+    return {s: {stage: ti.xcom_pull(task_ids=f"{s}.{stage}") for stage in ("export", "transform", "load")}
+            for s in sources}
+
+
+def _fail(exc: Exception):
+    """Raise so that Airflow fails the task without retrying (a retry cannot help)."""
+    from airflow.exceptions import AirflowFailException
+
+    raise AirflowFailException(str(exc)) from exc
+
+
+@_timed
+def prepare() -> dict:
+    """Create or repair the target schema, seed permissions, register the run."""
+    ctx, cfg = _context()
+    if cfg.dry_run:
+        log.info("dry run: the target is not touched")
+        return {"dry_run": True}
+    from authmigrate import load, lock
+    from authmigrate.cutover import CutoverRefused, refuse_after_cutover
+
+    client = lock.redis_client(cfg)
+    try:
+        refuse_after_cutover(client)
+        lock.acquire(client, lock.lock_key(cfg), cfg.run_id)
+    except (lock.LockHeld, CutoverRefused) as exc:
+        _fail(exc)
+    return {**load.prepare(cfg, dict(ctx["params"])), "lock_acquired_at": time.time()}
+
+
+def _lock_acquired_at(ti) -> float | None:
+    return (ti.xcom_pull(task_ids="prepare") or {}).get("lock_acquired_at")
+
+
+@_timed
+def export(collection: str) -> dict:
+    """Stream the collection from MongoDB into run-scoped Parquet."""
+    _, cfg = _context()
+    _require(cfg, collection)
+    from authmigrate.export import export_collection
+
+    return export_collection(cfg, collection)
+
+
+@_timed
+def transform(collection: str) -> dict:
+    """Coerce, de-duplicate, explode arrays, collect rejects."""
+    ctx, cfg = _context()
+    _require(cfg, collection)
+    from authmigrate.transform_task import transform_collection
+
+    ti = ctx["ti"]
+    exported = ti.xcom_pull(task_ids=f"{collection}.export")
+    upstream = {dep: ti.xcom_pull(task_ids=f"{dep}.transform") if dep in cfg.collections else None
+                for dep in COLLECTIONS[collection].depends_on}
+    return transform_collection(cfg, collection, exported, upstream)
+
+
+@_timed
+def load(collection: str) -> dict:
+    """COPY into staging and merge, in one transaction."""
+    ctx, cfg = _context()
+    _require(cfg, collection)
+    transformed = ctx["ti"].xcom_pull(task_ids=f"{collection}.transform")
+    if cfg.dry_run:
+        log.info("dry run: would load %s", transformed["counts"]["rows"])
+        return {"dry_run": True, "changes": {}}
+    from authmigrate.load import load_collection
+    from authmigrate.lock import held
+
+    with held(cfg, _lock_acquired_at(ctx["ti"])) as guard:
+        return load_collection(cfg, collection, transformed, guard)
+
+
+def _require_sessions(cfg: RunConfig) -> None:
+    if not cfg.sessions:
+        from airflow.exceptions import AirflowSkipException
+
+        raise AirflowSkipException("session sync is off for this run (param sessions)")
+
+
+@_timed
+def sessions_export() -> dict:
+    """SCAN the app's session keys; HGETALL + PTTL in pipelined batches. Read-only."""
+    _, cfg = _context()
+    _require_sessions(cfg)
+    from authmigrate.sessions import export_sessions
+
+    return export_sessions(cfg)
+
+
+@_timed
+def sessions_transform() -> dict:
+    ctx, cfg = _context()
+    _require_sessions(cfg)
+    from authmigrate.sessions import transform_task
+
+    ti = ctx["ti"]
+    upstream = {dep: ti.xcom_pull(task_ids=f"{dep}.transform") if dep in cfg.collections else None
+                for dep in ("users", "oauthClientApps")}
+    return transform_task(cfg, ti.xcom_pull(task_ids="sessions.export"), upstream)
+
+
+@_timed
+def sessions_load() -> dict:
+    ctx, cfg = _context()
+    _require_sessions(cfg)
+    transformed = ctx["ti"].xcom_pull(task_ids="sessions.transform")
+    if cfg.dry_run:
+        return {"dry_run": True, "changes": {}}
+    from authmigrate.load import load_tables
+    from authmigrate.lock import held
+    from authmigrate.registry import SESSIONS
+
+    with held(cfg, _lock_acquired_at(ctx["ti"])) as guard:
+        return load_tables(cfg, "sessions", (SESSIONS,), (), transformed, guard)
+
+
+def validate() -> dict:
+    """Orphans, catalog, reconciliation, reject ratio; writes the report."""
+    ctx, cfg = _context()
+    from authmigrate.staging import remove_run
+    from authmigrate.validate import ValidationFailed, validate_run
+
+    prepared = ctx["ti"].xcom_pull(task_ids="prepare") or {}
+    result = validate_run(cfg, _results(ctx["ti"], cfg), {"prepare": prepared.get("seconds", 0.0)})
+    if not result["passed"]:
+        raise ValidationFailed("dry run: the reject ratio is over max_reject_ratio")
+    remove_run(cfg)
+    return {k: v for k, v in result.items() if k != "report"}
+
+
+def release_lock() -> dict:
+    """A teardown task: runs however the run's other tasks ended, so a failed run never keeps
+    the target locked until the lock expires (release is compare-and-delete on this run's token)."""
+    _, cfg = _context()
+    if cfg.dry_run:
+        return {"released": False}
+    from authmigrate.lock import release_for_run
+
+    return {"released": release_for_run(cfg)}
+
+
+def invalidate_cache() -> dict:
+    """UNLINK the app's cached copies of rows this run changed or deleted."""
+    from airflow.exceptions import AirflowSkipException
+
+    _, cfg = _context()
+    if cfg.dry_run or not cfg.cache_keys:
+        raise AirflowSkipException("no cache key patterns configured" if not cfg.dry_run else "dry run")
+    from authmigrate.cache import invalidate
+
+    return invalidate(cfg)
+
+
+def cutover() -> dict:
+    """Flip the app's datastore switch to postgres — only after a passing validation."""
+    from airflow.exceptions import AirflowSkipException
+
+    ctx, cfg = _context()
+    if not cfg.cutover or cfg.dry_run:
+        raise AirflowSkipException("cutover is off for this run (param cutover)" if not cfg.dry_run else "dry run")
+    from authmigrate.cutover import CutoverRefused, switch
+
+    try:
+        return switch(cfg, ctx["ti"].xcom_pull(task_ids="validate"))
+    except CutoverRefused as exc:
+        _fail(exc)
+
+
+def mark_failed(context) -> None:
+    """on_failure_callback: record the failure in authmigrate.runs (best effort)."""
+    try:
+        cfg = RunConfig.from_params(dict(context["params"]), context["run_id"])
+        if cfg.dry_run:
+            return
+        from authmigrate.db import connect, q
+
+        with connect(cfg) as conn:
+            conn.execute(q("run_failed"), {"run_id": cfg.run_id})
+    except Exception:  # noqa: BLE001 - a callback must never mask the task's own error
+        log.exception("could not mark run %s failed in authmigrate.runs", context.get("run_id"))

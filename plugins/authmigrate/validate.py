@@ -1,0 +1,295 @@
+"""Validate: prove the run's result from the database itself, then report it.
+
+Checks: no orphan rows on any declared foreign key; every constraint and index schema.sql
+declares exists and is valid in the catalog; counts reconcile exactly per collection
+(source documents = loaded rows + rejected documents; array elements = join rows +
+rejected elements + "*" grants); the reject ratio stays under ``max_reject_ratio``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from authmigrate import sqlfiles
+from authmigrate.config import RunConfig
+from authmigrate.db import connect, q, use_schema
+from authmigrate.registry import COLLECTIONS, TABLES
+
+log = logging.getLogger("authmigrate")
+
+
+class ValidationFailed(Exception):
+    pass
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"[{'ok' if self.ok else 'FAILED'}] {self.name}: {self.detail}"
+
+
+def orphan_checks(conn) -> list[Check]:
+    checks = []
+    for fk in sqlfiles.foreign_keys():
+        (column,), (ref,) = fk.columns, fk.ref_columns
+        n = conn.execute(q("orphan_count", child=fk.table, column=column, parent=fk.ref_table,
+                           ref_column=ref)).fetchone()[0]
+        checks.append(Check(f"orphans {fk.table}.{column} → {fk.ref_table}.{ref}", n == 0, f"{n} orphan rows"))
+    return checks
+
+
+def catalog_checks(conn, schema: str) -> list[Check]:
+    constraints = {(r[0], r[1]): (r[2], r[3]) for r in conn.execute(q("catalog_constraints"), {"schema": schema})}
+    indexes = {(r[0], r[1]): r[2] for r in conn.execute(q("catalog_indexes"), {"schema": schema})}
+    problems = []
+    declared = sqlfiles.declared_constraints()
+    for c in declared:
+        found = constraints.get((c.table, c.name))
+        if found is None:
+            problems.append(f"constraint {c.name} on {c.table} is missing")
+        elif found[0] != c.kind or not found[1]:
+            problems.append(f"constraint {c.name} on {c.table} is {'not validated' if not found[1] else 'of another kind'}")
+        elif c.kind in "pu" and not indexes.get((c.table, c.name), False):
+            problems.append(f"index behind constraint {c.name} on {c.table} is missing or invalid")
+    for ix in sqlfiles.declared_indexes():
+        valid = indexes.get((ix.table, ix.name))
+        if valid is None:
+            problems.append(f"index {ix.name} on {ix.table} is missing")
+        elif not valid:
+            problems.append(f"index {ix.name} on {ix.table} is invalid (a failed concurrent build?)")
+    total = len(declared) + len(sqlfiles.declared_indexes())
+    return [Check("catalog matches schema.sql", not problems,
+                  "; ".join(problems) if problems else f"{total} constraints and indexes present and valid")]
+
+
+def table_counts(conn) -> dict[str, int]:
+    return {name: conn.execute(q("table_count", table=name)).fetchone()[0]
+            for name in ("users", "roles", "user_roles", "permissions", "role_permissions",
+                         "oauth_client_apps", "client_roles", "client_role_users", "sessions")}
+
+
+def batch_child_counts(conn, results: dict[str, dict]) -> dict[str, int]:
+    """Join rows of the parents an incremental batch loaded."""
+    from authmigrate.staging import read_frame
+
+    out = {}
+    for collection, r in results.items():
+        if collection not in COLLECTIONS or r["transform"].get("mode") != "incremental":
+            continue
+        spec = COLLECTIONS[collection]
+        parents = read_frame(r["transform"]["tables"][spec.main_table.name])["id"].tolist()
+        for join_table in (spec.arrays or {}).values():
+            t = TABLES[join_table]
+            out[join_table] = conn.execute(q("count_children_of", table=join_table, parent_column=t.parent_column),
+                                           {"parents": parents}).fetchone()[0]
+    return out
+
+
+def advance_watermarks(conn, cfg: RunConfig, results: dict[str, dict]) -> dict[str, str]:
+    advanced = {}
+    for collection, r in results.items():
+        mark = r["transform"].get("watermark_candidate") if collection in COLLECTIONS else None
+        if mark:
+            conn.execute(q("watermark_advance"), {"schema": cfg.target_schema, "collection": collection,
+                                                  "watermark": mark, "run_id": cfg.run_id})
+            advanced[collection] = mark
+    return advanced
+
+
+def change_summary(results: dict[str, dict]) -> tuple[bool, list[str]]:
+    lines, any_change = [], False
+    for source, r in results.items():
+        for table, c in ((r.get("load") or {}).get("changes") or {}).items():
+            any_change |= any(c.values())
+            lines.append(f"| {table} | {c['inserted']} | {c['updated']} | {c['deleted']} |")
+    return any_change, lines
+
+
+def reject_summary(conn, run_id: str) -> list[tuple[str, str, str, int]]:
+    return [tuple(r) for r in conn.execute(q("rejects_summary"), {"run_id": run_id})]
+
+
+def reconcile(results: dict[str, dict], counts: dict[str, int], rejects: list[tuple],
+              batch_children: dict[str, int] | None = None) -> list[Check]:
+    checks = []
+    for collection, r in results.items():
+        exported = r["export"]["documents"]
+        t = r["transform"]["counts"]
+        doc_rejects = sum(n for c, scope, _, n in rejects if c == collection and scope == "document")
+        if collection == "sessions":
+            loaded, expired = counts["sessions"], t["expired_during_read"]
+            checks.append(Check(
+                "reconcile sessions keys", exported == t["source_documents"] == loaded + doc_rejects + expired,
+                f"session keys read {exported} = sessions rows {loaded} + rejected {doc_rejects}"
+                f" + expired while reading {expired}",
+            ))
+            continue
+        spec = COLLECTIONS[collection]
+        incremental = r["transform"].get("mode") == "incremental"
+        # an incremental batch: its accepted rows (each proven present by the content check)
+        loaded = t["rows"][spec.main_table.name] if incremental else counts[spec.main_table.name]
+        what = "changed documents" if incremental else "documents"
+        checks.append(Check(
+            f"reconcile {collection} {what}", exported == t["source_documents"] == loaded + doc_rejects,
+            f"exported {exported} = transformed {t['source_documents']} = loaded {loaded} + rejected {doc_rejects}",
+        ))
+        for field, join_table in (spec.arrays or {}).items():
+            a = t["arrays"][join_table]
+            el_rejects = sum(n for c, scope, _, n in rejects if c == collection and scope == "element")
+            rows = batch_children[join_table] if incremental else counts[join_table]
+            checks.append(Check(
+                f"reconcile {collection}.{field} elements",
+                a["array_elements"] == rows + el_rejects + a["wildcard_elements"],
+                f"elements {a['array_elements']} = {join_table} rows {rows} + rejected {el_rejects}"
+                f" + '*' grants {a['wildcard_elements']}",
+            ))
+    return checks
+
+
+def content_checks(conn, cfg: RunConfig, results: dict[str, dict]) -> list[Check]:
+    """Field-level verification of every table this run loaded (see verify.py)."""
+    from authmigrate.staging import read_frame
+    from authmigrate.verify import verify_table
+
+    checks = []
+    with conn.transaction():
+        use_schema(conn, cfg)
+        for source, r in results.items():
+            for name, path in r["transform"]["tables"].items():
+                ok, detail = verify_table(conn, name, read_frame(path),
+                                  full=TABLES[name].sync != "upsert" and r["transform"].get("mode") != "incremental")
+                checks.append(Check(f"content {name}", ok, detail))
+    return checks
+
+
+def reject_ratio(results: dict[str, dict]) -> tuple[int, int, float]:
+    """Rejected / source documents over the MongoDB collections (sessions are reported apart).
+    In an incremental run the rejects are the batch's and the source is every document."""
+    mongo = [r for c, r in results.items() if c in COLLECTIONS]
+    # an incremental batch is measured against the whole source (its key-only pass)
+    source = sum((r["export"].get("keys") or {}).get("documents", r["transform"]["counts"]["source_documents"])
+                 for r in mongo)
+    rejected = sum(r["transform"]["counts"]["rejected_documents"] for r in mongo)
+    return rejected, source, (rejected / source if source else 0.0)
+
+
+def reject_ratio_check(results: dict[str, dict], cfg: RunConfig) -> Check:
+    rejected, source, ratio = reject_ratio(results)
+    return Check("reject ratio", ratio <= cfg.max_reject_ratio,
+                 f"{rejected}/{source} = {ratio:.2%} (max {cfg.max_reject_ratio:.2%})")
+
+
+def timings(results: dict[str, dict], extra: dict[str, float] | None = None) -> dict[str, float]:
+    out = dict(extra or {})
+    for source, r in results.items():
+        for stage in ("export", "transform", "load"):
+            seconds = (r.get(stage) or {}).get("seconds")
+            if seconds is not None:
+                out[f"{source}.{stage}"] = round(seconds, 2)
+    return out
+
+
+def render_report(cfg: RunConfig, results: dict[str, dict], checks: list[Check], counts: dict[str, int] | None,
+                  rejects: list[tuple], examples: list[tuple] = (), task_times: dict[str, float] | None = None
+                  ) -> str:
+    passed = all(c.ok for c in checks)
+    lines = [
+        f"# authmigrate run {cfg.run_id}",
+        f"target schema `{cfg.target_schema}` — {'DRY RUN — ' if cfg.dry_run else ''}"
+        f"{'PASSED' if passed else 'FAILED'}",
+        "",
+        "| collection | source | loaded | rejected |",
+        "|---|---:|---:|---:|",
+    ]
+    for collection, r in results.items():
+        t = r["transform"]["counts"]
+        loaded = t["source_documents"] - t["rejected_documents"] - t.get("expired_during_read", 0)
+        name = "sessions (Redis keys)" if collection == "sessions" else collection
+        lines.append(f"| {name} | {t['source_documents']} | {loaded} | {t['rejected_documents']} |")
+    if counts:
+        lines += ["", "| table | rows |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in counts.items()]
+    any_change, change_lines = change_summary(results)
+    if change_lines:
+        lines += ["", "Changes made by this run:", "", "| table | inserted | updated | deleted |", "|---|---:|---:|---:|"]
+        lines += change_lines
+        if not any_change:
+            lines += ["", "No changes: the target already matched the source (no row rewritten)."]
+    modes = {c: r["transform"].get("mode", "full") for c, r in results.items() if c in COLLECTIONS}
+    if any(m == "incremental" for m in modes.values()):
+        lines += ["", "Mode: " + ", ".join(f"{c} {m}" for c, m in modes.items())]
+    lines += ["", "| collection | scope | reason | count |", "|---|---|---|---:|"]
+    lines += [f"| {c} | {s} | {code} | {n} |" for c, s, code, n in rejects] or ["| — | — | none | 0 |"]
+    if examples:
+        lines += ["", "Examples (documents redacted):", ""]
+        for collection, code, source_id, element, reason, _ in examples:
+            lines.append(f"- `{collection}` **{code}** `{source_id}`"
+                         + (f" element `{element}`" if element else "") + f": {reason}")
+    if task_times:
+        lines += ["", "| task | seconds |", "|---|---:|"] + [f"| {t} | {s:.2f} |" for t, s in task_times.items()]
+    lines += ["", "Checks:", ""] + [f"- {c.line()}" for c in checks]
+    return "\n".join(lines)
+
+
+def dry_run_rejects(results: dict[str, dict]) -> list[tuple]:
+    import pyarrow.parquet as pq
+
+    out = []
+    for collection, r in results.items():
+        table = pq.read_table(r["transform"]["rejects"], columns=["scope", "reason_code"]).to_pandas()
+        for (scope, code), n in table.groupby(["scope", "reason_code"]).size().items():
+            out.append((collection, scope, code, int(n)))
+    return sorted(out)
+
+
+def validate_run(cfg: RunConfig, results: dict[str, dict], task_times: dict[str, float] | None = None) -> dict:
+    """Run every check, write the report to the log, to authmigrate.runs and to report files;
+    raise when a check fails."""
+    from authmigrate import report as report_files
+
+    started = time.monotonic()
+    if cfg.dry_run:
+        rejects = dry_run_rejects(results)
+        checks = [reject_ratio_check(results, cfg)]
+        report = render_report(cfg, results, checks, None, rejects, task_times=timings(results, task_times))
+        files = report_files.write(cfg.run_id, report, timings(results, task_times), None)
+        log.info("dry run, nothing written to the target:\n%s\nreport files: %s", report, files)
+        return {"passed": all(c.ok for c in checks), "report": report, "reject_ratio": reject_ratio(results)[2],
+                "files": files}
+    with connect(cfg) as conn:
+        with conn.transaction():
+            use_schema(conn, cfg)
+            counts = table_counts(conn)
+            rejects = reject_summary(conn, cfg.run_id)
+            checks = orphan_checks(conn) + catalog_checks(conn, cfg.target_schema)
+            children = batch_child_counts(conn, results)
+        checks += reconcile(results, counts, rejects, children) + [reject_ratio_check(results, cfg)]
+        if cfg.verify:
+            checks += content_checks(conn, cfg, results)
+        passed = all(c.ok for c in checks)
+        examples = [tuple(r) for r in conn.execute(q("rejects_examples"), {"run_id": cfg.run_id, "per_reason": 2})]
+        all_times = timings(results, {**(task_times or {}), "validate": time.monotonic() - started})
+        report = render_report(cfg, results, checks, counts, rejects, examples, all_times)
+        summary = {
+            "tables": counts,
+            "collections": {c: {k: r["transform"]["counts"][k] for k in ("source_documents", "rejected_documents")}
+                            for c, r in results.items()},
+            "changes": {c: r["load"]["changes"] for c, r in results.items() if r.get("load")},
+            "checks": {c.name: c.ok for c in checks},
+        }
+        if passed:
+            summary["watermarks"] = advance_watermarks(conn, cfg, results)
+        conn.execute(q("run_finish"), {"run_id": cfg.run_id, "status": "success" if passed else "failed",
+                                       "counts": json.dumps(summary), "report": report})
+    files = report_files.write(cfg.run_id, report, all_times, counts)
+    log.info("validation report:\n%s\nreport files: %s", report, files)
+    if not passed:
+        failed = [c.line() for c in checks if not c.ok]
+        raise ValidationFailed("validation failed:\n" + "\n".join(failed))
+    return {"passed": True, "tables": counts, "report": report, "reject_ratio": reject_ratio(results)[2],
+            "files": files}

@@ -1,0 +1,188 @@
+"""The whole DAG with dag.test() against real PostgreSQL, a real nx-27017 server, and Airflow."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from tests.data import EXPECTED_REJECTS, EXPECTED_ROWS, SECRETS, documents
+
+pytestmark = pytest.mark.integration
+
+ALL_TASKS = {f"{c}.{s}" for c in ("users", "oauthClientApps", "oauthRoles") for s in ("export", "transform", "load")}
+ALL_TASKS |= {"prepare", "validate"}
+# off unless asked for: the session sync (sessions=False in these runs), cache invalidation, cutover
+OPTIONAL = {"sessions.export", "sessions.transform", "sessions.load", "invalidate_cache", "cutover"}
+EXPECTED_STATES = {**{t: "success" for t in ALL_TASKS | {"release_lock"}}, **{t: "skipped" for t in OPTIONAL}}
+
+
+def reject_counts(rows) -> dict:
+    return dict(Counter((r[0], r[1], r[2]) for r in rows))
+
+
+def test_first_run_migrates_exactly_and_rerun_is_identical(migration):
+    migration.seed(documents())
+    dr = migration.run()
+    assert migration.last_states == EXPECTED_STATES
+    assert migration.counts() == EXPECTED_ROWS
+
+    users = {r[0]: r[1:] for r in migration.sql("SELECT id, username, email, password_hash, mfa_secret FROM users")}
+    assert set(users) == {"000000000001", "000000000002", "000000000003", "000000000004", "000000000005",
+                          "000000000010"}
+    assert users["000000000002"][0] == "bob"  # the newer of the two userId 2 documents won
+    assert users["000000000003"][1] == "Carol@Example.com"  # stored as given
+    assert users["000000000001"][2] == SECRETS[0]  # secrets migrate; they only never show in rejects/logs
+    assert migration.sql("SELECT identity_provider_user_id FROM users WHERE id = '000000000010'") == [("4242",)]
+    assert sorted(migration.sql("SELECT user_id, role_id FROM user_roles")) == [
+        ("000000000001", "oauthUser"), ("000000000001", "standardUser"), ("000000000002", "standardUser"),
+        ("000000000003", "standardUser"), ("000000000004", "standardUser"), ("000000000010", "oauthUser"),
+    ]
+    # owners: back-filled from the legacy array, kept, or NULL with an explained reject
+    assert dict(migration.sql("SELECT id, owner_user_id FROM oauth_client_apps")) == {
+        "100001": "000000000001", "3f0c1c5e-8d1e-4c7b-9a53-2f9a3c4b5d6e": "000000000002",
+        "100003": None, "100005": None,
+    }
+    # "*" grants preserved as a flag, explicit members kept beside it
+    grants = dict(migration.sql("SELECT name, grants_all_users FROM client_roles"))
+    assert grants == {"reader": True, "admin": False, "writer": True}
+    assert sorted(migration.sql(
+        "SELECT r.name, u.user_id FROM client_role_users u JOIN client_roles r ON r.id = u.client_role_id")) == [
+        ("admin", "000000000001"), ("admin", "000000000003"), ("writer", "000000000002")]
+
+    rejects = migration.rejects(dr.run_id)
+    assert reject_counts(rejects) == EXPECTED_REJECTS
+    assert all(r[5] for r in rejects), "every reject has a human reason"
+    documents_json = "\n".join(r[6] or "" for r in rejects)
+    assert "[REDACTED]" in documents_json
+    for secret in SECRETS:
+        assert secret not in documents_json
+
+    run = migration.sql("SELECT status, counts, report FROM authmigrate.runs WHERE run_id = %s", (dr.run_id,))
+    assert run[0][0] == "success"
+    assert run[0][1]["tables"] == EXPECTED_ROWS
+    assert "PASSED" in run[0][2]
+
+    from authmigrate.report import run_folder
+
+    folder = run_folder(dr.run_id)
+    markdown = (folder / "report.md").read_text()
+    assert "PASSED" in markdown and "| task | seconds |" in markdown and "users.load" in markdown
+    assert "Examples (documents redacted)" in markdown and "duplicate_email" in markdown
+    assert "<table>" in (folder / "report.html").read_text()
+    assert (folder / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for secret in SECRETS:
+        assert secret not in markdown
+
+    before = migration.snapshot()
+    dr2 = migration.run()
+    assert migration.snapshot() == before, "a second run on the same source must change nothing (synced_at included)"
+    assert reject_counts(migration.rejects(dr2.run_id)) == EXPECTED_REJECTS
+    changes = migration.sql("SELECT counts->'changes' FROM authmigrate.runs WHERE run_id = %s", (dr2.run_id,))[0][0]
+    assert all(v == {"inserted": 0, "updated": 0, "deleted": 0} for c in changes.values() for v in c.values()), changes
+
+
+def test_rerun_reflects_updates_deletions_and_role_removals(migration):
+    migration.seed(documents())
+    migration.run()
+    before = migration.snapshot()
+
+    alice = migration.db.users.find_one({"userId": "000000000001"})
+    alice["lastName"] = "Renamed"
+    migration.db.users.replace_one({"_id": alice["_id"]}, alice)
+    migration.db.users.delete_one({"userId": "000000000005"})
+    admin = migration.db.oauthRoles.find_one({"oauthRoleName": "admin", "oauthUserIds": {"$exists": True},
+                                              "owner": "000000000002"})
+    admin["oauthUserIds"] = [3, "999999999999"]  # alice removed from the role
+    migration.db.oauthRoles.replace_one({"_id": admin["_id"]}, admin)
+    migration.db.oauthClientApps.delete_one({"oauthClientAppId": "100005"})
+
+    migration.run()
+    after = migration.snapshot()
+    assert migration.sql("SELECT last_name FROM users WHERE id = '000000000001'") == [("Renamed",)]
+    assert migration.sql("SELECT count(*) FROM users WHERE id = '000000000005'") == [(0,)]
+    assert migration.sql("SELECT count(*) FROM oauth_client_apps WHERE id = '100005'") == [(0,)]
+    assert sorted(migration.sql(
+        "SELECT r.name, u.user_id FROM client_role_users u JOIN client_roles r ON r.id = u.client_role_id")) == [
+        ("admin", "000000000003"), ("writer", "000000000002")]
+    # untouched rows are not rewritten
+    untouched = [r for r in before["users"] if r[0] not in ("000000000001", "000000000005")]
+    assert [r for r in after["users"] if r[0] != "000000000001"] == untouched
+    assert migration.counts()["users"] == EXPECTED_ROWS["users"] - 1
+
+
+def test_dry_run_writes_nothing(migration):
+    migration.seed(documents())
+    dr = migration.run(dry_run=True)
+    assert migration.last_states == EXPECTED_STATES
+    assert migration.sql("SELECT count(*) FROM information_schema.schemata WHERE schema_name = %s",
+                         (migration.schema,)) == [(0,)]
+    assert migration.sql("SELECT count(*) FROM authmigrate.runs WHERE run_id = %s", (dr.run_id,)) == [(0,)]
+
+
+def test_reject_ratio_over_the_limit_fails_the_run(migration):
+    migration.seed(documents())
+    dr = migration.run(expect="failed", max_reject_ratio=0.01)
+    assert migration.last_states["validate"] == "failed"
+    assert {t: s for t, s in migration.last_states.items() if t in ALL_TASKS - {"validate"}} == {
+        t: "success" for t in ALL_TASKS - {"validate"}}
+    assert migration.last_states["cutover"] == "upstream_failed"
+    status, report = migration.sql("SELECT status, report FROM authmigrate.runs WHERE run_id = %s", (dr.run_id,))[0]
+    assert status == "failed"
+    assert "[FAILED] reject ratio" in report
+
+
+def test_collections_subset_runs_only_those_and_checks_references_in_the_target(migration):
+    migration.seed(documents())
+    migration.run()
+    before = migration.snapshot()
+    migration.run(collections=["oauthRoles"])
+    assert {t for t, s in migration.last_states.items() if s == "skipped"} == OPTIONAL | {
+        f"{c}.{s}" for c in ("users", "oauthClientApps") for s in ("export", "transform", "load")}
+    assert migration.snapshot() == before
+
+
+def test_missing_source_collection_fails_with_a_clear_message(migration, capfd):
+    migration.seed(documents())
+    migration.run(expect="failed", source_oauthRoles="oauthroles")
+    assert migration.last_states["oauthRoles.export"] == "failed"
+    assert migration.last_states["validate"] == "upstream_failed"
+    out = "".join(capfd.readouterr())
+    assert "collection 'oauthroles' not found" in out and "Mongoose" in out
+    # a failed run never keeps the target locked: the release_lock teardown ran anyway
+    from authmigrate import lock
+    from authmigrate.config import RunConfig
+
+    assert migration.last_states["release_lock"] == "success"
+    key = lock.lock_key(RunConfig.from_params({"target_schema": migration.schema}, "any"))
+    assert migration.redis.exists(key) == 0
+
+
+def test_generated_source_reconciles_against_mongodb(migration):
+    from tools.seed_mongo import generate
+
+    docs = generate(1500, seed=7)
+    migration.seed(docs)
+    dr = migration.run()
+    for collection, table in (("users", "users"), ("oauthClientApps", "oauth_client_apps"),
+                              ("oauthRoles", "client_roles")):
+        source = migration.db[collection].count_documents({})
+        loaded = migration.sql(f'SELECT count(*) FROM "{table}"')[0][0]
+        rejected = migration.sql("SELECT count(*) FROM authmigrate.rejects WHERE run_id = %s AND collection = %s "
+                                 "AND scope = 'document'", (dr.run_id, collection))[0][0]
+        assert source == loaded + rejected > 0
+        assert rejected < 0.1 * source
+    constraints = {r[0] for r in migration.sql(
+        "SELECT conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = %s",
+        (migration.schema,))}
+    assert {"users_username_key", "users_email_key", "users_identity_provider_user_key",
+            "client_role_users_user_id_fkey", "user_roles_user_id_fkey"} <= constraints
+
+
+def test_invalid_params_are_refused_before_anything_runs(dag):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        dag.test(run_conf={"batch_size": 0})
+    with pytest.raises(ParamValidationError):
+        dag.test(run_conf={"target_schema": 'public"; DROP TABLE users; --'})

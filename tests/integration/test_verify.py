@@ -1,0 +1,61 @@
+"""Field-level verification catches content errors that counts cannot see."""
+from __future__ import annotations
+
+import pytest
+
+from tests.data import documents
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_load_path_that_shifts_a_timestamp_fails_the_run_naming_id_and_field(migration):
+    migration.seed(documents())
+    migration.run()
+    # a "bug" between staging and target: a trigger that shifts created_at by an hour and
+    # truncates last_name for one user, as a wrong timezone or a too-short column would
+    migration.execute(f"""
+        CREATE FUNCTION "{migration.schema}".tamper() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.id = '000000000001' THEN
+                NEW.created_at := NEW.created_at + interval '1 hour';
+                NEW.last_name := left(NEW.last_name, 3);
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER tamper BEFORE INSERT OR UPDATE ON "{migration.schema}".users
+        FOR EACH ROW EXECUTE FUNCTION "{migration.schema}".tamper();""")
+    alice = migration.db.users.find_one({"userId": "000000000001"})
+    alice["lastName"] = "Longername"
+    migration.db.users.replace_one({"_id": alice["_id"]}, alice)
+
+    dr = migration.run(expect="failed")
+    assert migration.last_states["validate"] == "failed"
+    report = migration.sql("SELECT report FROM authmigrate.runs WHERE run_id = %s", (dr.run_id,))[0][0]
+    line = next(l for l in report.splitlines() if "content users" in l)
+    assert "[FAILED]" in line and "000000000001: last_name, created_at" in line, line
+    assert "[ok] content oauth_client_apps" in report
+    # counts alone were fine: this is what the content check adds
+    assert "[ok] reconcile users documents" in report
+
+
+def test_verify_table_names_swapped_columns_and_extra_rows(migration):
+    import psycopg
+
+    from authmigrate.transform import documents_frame, transform_users
+    from authmigrate.registry import COLLECTIONS
+    from authmigrate.verify import verify_table
+
+    migration.seed(documents())
+    migration.run()
+    frame = transform_users(documents_frame(documents()["users"], COLLECTIONS["users"].projection)).tables
+    with psycopg.connect(migration.pg_uri) as conn:
+        conn.execute(f'SET search_path TO "{migration.schema}"')
+        assert verify_table(conn, "users", frame["users"])[0]
+        assert verify_table(conn, "user_roles", frame["user_roles"])[0]
+        conn.execute("UPDATE users SET first_name = last_name, last_name = first_name WHERE id = '000000000002'")
+        conn.execute("DELETE FROM user_roles WHERE user_id = '000000000004'")
+        ok, detail = verify_table(conn, "users", frame["users"])
+        assert not ok and "000000000002: first_name, last_name" in detail
+        ok, detail = verify_table(conn, "user_roles", frame["user_roles"])
+        assert not ok and "000000000004" in detail
+        conn.rollback()
