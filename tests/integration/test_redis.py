@@ -1,0 +1,239 @@
+"""Redis: session metadata into `sessions`, the migration lock, cache invalidation, cutover."""
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.data import documents
+from tools.seed_redis import seed_sessions
+
+pytestmark = pytest.mark.integration
+
+USERS = ["000000000001", "000000000002", "000000000003", "000000000004", "000000000010"]
+APPS = {"100001": 3600, "3f0c1c5e-8d1e-4c7b-9a53-2f9a3c4b5d6e": 7200}
+
+
+def redis_snapshot(client) -> dict:
+    """Every key with its type, value and remaining TTL (ms)."""
+    out = {}
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        value = {"hash": client.hgetall, "string": client.get, "list": lambda k: client.lrange(k, 0, -1)}[kind](key)
+        out[key] = (kind, value, client.pttl(key))
+    return out
+
+
+@pytest.fixture
+def seeded(migration):
+    migration.seed(documents())
+    expected = seed_sessions(migration.redis, USERS, APPS, n=3000, flush=True)
+    yield migration, expected
+    migration.redis.flushdb()
+
+
+def test_sessions_are_synced_and_redis_is_left_untouched(seeded):
+    migration, expected = seeded
+    before = redis_snapshot(migration.redis)
+    dr = migration.run(sessions=True)
+    after = redis_snapshot(migration.redis)
+    assert set(after) == set(before), "the run added or removed Redis keys"
+    for key, (kind, value, pttl) in before.items():
+        assert after[key][:2] == (kind, value), key
+        assert (after[key][2] == -1) == (pttl == -1) and after[key][2] <= pttl, f"TTL of {key} changed"
+
+    assert migration.last_states["sessions.load"] == "success"
+    assert migration.sql("SELECT count(*) FROM sessions")[0][0] == expected["valid"]
+    kinds = dict(migration.sql("SELECT kind, count(*) FROM sessions GROUP BY kind"))
+    assert set(kinds) == {"login", "oauth_access", "oauth_refresh"}
+    rejects = dict(((r[0], r[1]), r[2]) for r in migration.sql(
+        "SELECT reason_code, scope, count(*) FROM authmigrate.rejects WHERE run_id = %s AND collection = 'sessions' "
+        "GROUP BY 1, 2", (dr.run_id,)))
+    assert rejects == {**{(code, "document"): n for code, n in expected["rejects"].items()},
+                       ("invalid_ip", "field"): expected["invalid_ip"]}
+    assert migration.sql("SELECT count(*) FROM sessions WHERE ip_address IS NULL AND kind = 'login'")[0][0] == \
+        expected["invalid_ip"]
+    # expiry comes from the TTL at read time; OAuth access sessions follow the app's token validity
+    row = migration.sql("SELECT expires_at - now() FROM sessions WHERE oauth_client_app_id = '100001' "
+                        "AND kind = 'oauth_access' LIMIT 1")[0][0]
+    assert 3500 < row.total_seconds() <= 3601
+    assert migration.sql("SELECT count(*) FROM sessions WHERE ip_address = '2001:db8::1'")[0][0] > 0
+
+    # a session key that disappeared from Redis is gone from the table on the next run
+    gone = next(k for k in before if k.startswith(b"psid:000000000001:") and before[k][0] == "hash"
+                and b"badip" not in k)
+    from authmigrate.sessions import session_id
+
+    assert migration.sql("SELECT count(*) FROM sessions WHERE id = %s", (session_id(gone.decode()),))[0][0] == 1
+    # the raw session ids (possibly bearer tokens) never reach PostgreSQL
+    raw_sids = [k.decode().split(":", 2)[2] for k in before if k.startswith((b"psid:", b"osid:", b"orsid:"))
+                and k.count(b":") == 2]
+    stored = "\n".join(r[0] for r in migration.sql(
+        "SELECT id FROM sessions UNION ALL SELECT source_id || coalesce(document::text, '') "
+        "FROM authmigrate.rejects WHERE collection = 'sessions'"))
+    assert not [sid for sid in raw_sids if len(sid) >= 8 and sid in stored]
+    migration.redis.delete(gone)
+    migration.run(sessions=True)
+    assert migration.sql("SELECT count(*) FROM sessions WHERE id = %s", (session_id(gone.decode()),))[0][0] == 0
+    assert migration.sql("SELECT count(*) FROM sessions")[0][0] == expected["valid"] - 1
+
+
+def test_read_batch_handles_keys_that_expired_or_have_the_wrong_type(seeded):
+    from authmigrate.sessions import _read_batch
+
+    migration, _ = seeded
+    migration.redis.set("psid:000000000001:str", "x")
+    rows = _read_batch(migration.redis, [b"psid:000000000001:vanished", b"psid:000000000001:str"])
+    assert [(r[0], r[1]) for r in rows] == [("psid:000000000001:vanished", "expired"),
+                                           ("psid:000000000001:str", "wrong_type")]
+
+
+def test_lock_refuses_a_concurrent_run_and_expires_after_a_dead_worker(migration):
+    from authmigrate import lock
+    from authmigrate.config import RunConfig
+
+    migration.seed(documents())
+    cfg = RunConfig.from_params({"target_schema": migration.schema}, "other-installation-run")
+    key = lock.lock_key(cfg)
+    # a "worker" of another installation took the lock, then died: its lock expires in 1.5 s
+    monkey_ttl = 1500
+    migration.redis.set(key, json.dumps({"run_id": "other-installation-run", "host": "worker-7", "token": "t"}),
+                        px=monkey_ttl)
+    dr = migration.run(expect="failed")
+    assert migration.last_states["prepare"] == "failed"
+    assert all(s in ("upstream_failed", "skipped", "success") for t, s in migration.last_states.items()
+               if t != "prepare")
+    assert migration.sql("SELECT count(*) FROM information_schema.schemata WHERE schema_name = %s",
+                         (migration.schema,)) == [(0,)], "nothing may be written while another run holds the lock"
+    time.sleep(monkey_ttl / 1000 + 0.2)
+    migration.run()
+    assert migration.redis.exists(key) == 0, "the lock is released at the end of the run"
+    assert migration.sql("SELECT count(*) FROM users")[0][0] == 6
+    assert dr.run_id  # the refused run left no trace in authmigrate.runs
+    assert migration.sql("SELECT count(*) FROM authmigrate.runs WHERE run_id = %s", (dr.run_id,)) == [(0,)]
+
+
+def test_lock_message_names_the_holder(migration):
+    from authmigrate import lock
+
+    migration.redis.set("k-test", json.dumps({"run_id": "r1", "host": "h1", "token": "t1"}), px=5000)
+    with pytest.raises(lock.LockHeld, match="run r1 on host h1"):
+        lock.acquire(migration.redis, "k-test", "r2")
+    token = lock.acquire(migration.redis, "k-test", "r1")  # a retry of the holder's own run takes over
+    assert lock.release(migration.redis, "k-test", "wrong-token") is False
+    assert lock.release(migration.redis, "k-test", token) is True
+    assert migration.redis.exists("k-test") == 0
+
+
+def test_cache_invalidation_deletes_exactly_the_changed_rows_keys(migration):
+    migration.seed(documents())
+    patterns = {"users": ["cache:user:{id}"], "oauth_client_apps": ["cache:oauth_app:{client_id}"]}
+    migration.redis.flushdb()
+    migration.run(cache_keys=patterns)
+    assert migration.last_states["invalidate_cache"] == "success"
+
+    users = [r[0] for r in migration.sql("SELECT id FROM users ORDER BY id")]
+    apps = {r[0]: r[1] for r in migration.sql("SELECT id, client_id FROM oauth_client_apps")}
+    for u in users:
+        migration.redis.set(f"cache:user:{u}", "cached")
+    for client_id in apps.values():
+        migration.redis.set(f"cache:oauth_app:{client_id}", "cached")
+    migration.redis.set("cache:other:thing", "cached")
+
+    alice = migration.db.users.find_one({"userId": "000000000001"})
+    alice["firstName"] = "Alicia"
+    migration.db.users.replace_one({"_id": alice["_id"]}, alice)
+    migration.db.oauthClientApps.delete_one({"oauthClientAppId": "100005"})
+    migration.run(cache_keys=patterns)
+
+    remaining = {k.decode() for k in migration.redis.scan_iter(match="cache:*")}
+    expected_gone = {"cache:user:000000000001", f"cache:oauth_app:{apps['100005']}"}
+    assert remaining == ({f"cache:user:{u}" for u in users} | {f"cache:oauth_app:{c}" for c in apps.values()}
+                         | {"cache:other:thing"}) - expected_gone
+    migration.redis.flushdb()
+
+
+def test_cutover_flips_only_after_a_passing_validation(migration):
+    migration.seed(documents())
+    migration.redis.flushdb()
+    migration.redis.set("authmigrate:datastore", "mongo")
+    migration.run(expect="failed", cutover=True, max_reject_ratio=0.01)
+    assert migration.last_states["cutover"] == "upstream_failed"
+    assert migration.redis.get("authmigrate:datastore") == b"mongo"
+
+    dr = migration.run(cutover=True)
+    assert migration.last_states["cutover"] == "success"
+    assert migration.redis.get("authmigrate:datastore") == b"postgres"
+    meta = json.loads(migration.redis.get("authmigrate:datastore:meta"))
+    assert meta["run_id"] == dr.run_id and meta["datastore"] == "postgres"
+
+    # after cutover the app writes to PostgreSQL: a new migration run refuses before writing
+    before = migration.snapshot()
+    migration.run(expect="failed")
+    assert migration.last_states["prepare"] == "failed"
+    assert migration.snapshot() == before
+
+    migration.redis.set("authmigrate:datastore", "mongo")  # the documented rollback
+    migration.run(cutover=False)
+    assert migration.last_states["cutover"] == "skipped"
+    assert migration.redis.get("authmigrate:datastore") == b"mongo"
+    migration.redis.flushdb()
+
+
+def test_a_redis_outage_fails_and_retries_only_the_sessions_branch(migration, monkeypatch):
+    """A private redis-server process, killed right after `prepare` took the lock."""
+    import subprocess
+
+    import redis as redis_lib
+
+    from tools.mongo_server import free_port
+
+    port = free_port()
+
+    def start_redis():
+        proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                 "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        client = redis_lib.Redis(host="127.0.0.1", port=port)
+        for _ in range(100):
+            try:
+                client.ping()
+                return proc, client
+            except redis_lib.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    proc, client = start_redis()
+    try:
+        monkeypatch.setenv("AIRFLOW_CONN_REDIS_DEFAULT", f"redis://127.0.0.1:{port}?db=0")
+        seed_sessions(client, USERS, APPS, n=50, dirty=False)
+        migration.seed(documents())
+        import authmigrate.load as load_module
+
+        real_prepare = load_module.prepare
+
+        def prepare_then_outage(*args, **kwargs):
+            result = real_prepare(*args, **kwargs)
+            proc.kill()
+            proc.wait()
+            return result
+
+        monkeypatch.setattr(load_module, "prepare", prepare_then_outage)
+        dr = migration.run(expect="failed", sessions=True)
+        states = migration.last_states
+        assert states["sessions.export"] == "failed"
+        tries = {ti.task_id: ti.try_number for ti in dr.get_task_instances()}
+        assert tries["sessions.export"] == 2, "the branch was retried"
+        assert states["sessions.transform"] == states["sessions.load"] == "upstream_failed"
+        assert all(states[f"{c}.{s}"] == "success" for c in ("users", "oauthClientApps", "oauthRoles")
+                   for s in ("export", "transform", "load")), sorted(states.items())
+        assert migration.counts()["users"] == 6, "the collection branches loaded despite the outage"
+
+        monkeypatch.setattr(load_module, "prepare", real_prepare)
+        proc, client = start_redis()
+        seed_sessions(client, USERS, APPS, n=50, dirty=False)
+        migration.run(sessions=True)
+        assert migration.counts()["sessions"] == 50
+    finally:
+        proc.kill()
+        proc.wait()
