@@ -1,0 +1,1010 @@
+"""Benchmark: our DAG end to end against a floor, the naive way and a peer (dlt), on the same data.
+
+    python -m tools.bench --users 200000 [--runs R] [--out bench-results] [--profile]
+    make bench BENCH_USERS=200000
+
+1. Starts a fresh nx-27017 (own data folder, free port) and seeds it with
+   ``tools.seed_mongo.seed(uri, "idp", N)``: N users, N/20 apps, N/10 roles, ~3 % dirty.
+   (N = 1,000,000 works, but seeding nx-27017 alone then takes several minutes.)
+2. Measures, each in a subprocess whose process tree is sampled from /proc every 0.2 s
+   (summed RSS of the tree; memory over time), each against a fresh PostgreSQL database:
+
+   ours   ``airflow dags test mongo_to_postgres --conf '{"sessions": false, "max_reject_ratio": 0.1}'``
+          with its own AIRFLOW_HOME (``airflow db migrate`` first, not timed). Time per task is
+          parsed from the run's ``report.md``.
+   floor  ``python -m tools.bench _floor``: pymongo streams the three collections as
+          ``RawBSONDocument`` (batches of 10,000) and psycopg 3 COPYs each raw BSON document,
+          untouched, into a one-column ``bytea`` table (binary COPY; no index, no transform).
+   naive  ``python -m tools.bench _naive``: ``PostgresHook.insert_rows`` (its defaults) of 5,000
+          user documents' scalar fields, as text, into a bare table; rows/s.
+   dlt    ``tools/bench_dlt.py`` inside ``.bench/dlt-venv`` (created here with
+          ``dlt[postgres]==1.31.0`` and ``pymongo==4.20.1``; if it cannot be created the error is
+          reported and the other systems still run): dlt's defaults, arrays → child tables.
+3. Writes ``<out>/bench.json``, ``<out>/bench.md`` and ``<out>/bench.png``. Each system's figure
+   is the median (by wall time) of R runs; by default R = 3 when its first run took under a
+   minute, else 1. ``--profile`` adds one unmeasured run of ours under py-spy (wall-clock
+   sampling, idle included) and summarises where the time goes (``<out>/profile-ours.txt`` holds
+   the collapsed stacks).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN = os.environ.get("AUTHMIGRATE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_CONN = os.environ.get("AUTHMIGRATE_BENCH_REDIS", "redis://127.0.0.1:6379?db=14")
+MONGO_DB = "idp"
+COLLECTIONS = ("users", "oauthClientApps", "oauthRoles")
+DAG_CONF = {"sessions": False, "max_reject_ratio": 0.1}
+DLT_VENV = ROOT / ".bench" / "dlt-venv"
+DLT_REQUIREMENTS = ("dlt[postgres]==1.31.0", "pymongo==4.20.1")
+NAIVE_ROWS = 5000
+SAMPLE_SECONDS = 0.2
+ONE_MINUTE = 60.0
+TARGETS_N = 1_000_000
+GIB = 1024 ** 3
+MIB = 1024 ** 2
+
+
+# --------------------------------------------------------------------------------------------
+# measuring a subprocess
+# --------------------------------------------------------------------------------------------
+
+def _tree_rss(root) -> int:
+    import psutil
+
+    total = 0
+    try:
+        procs = [root] + root.children(recursive=True)
+    except psutil.Error:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_measured(cmd: list[str], env: dict[str, str], log_path: Path, timeout: float) -> dict:
+    """Run ``cmd``; wall time, exit code, and the summed RSS of its process tree every 0.2 s."""
+    import psutil
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    samples: list[tuple[float, int]] = []
+    load_before = os.getloadavg()
+    with open(log_path, "wb") as log:
+        started_epoch = time.time()
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        root = psutil.Process(proc.pid)
+        timed_out = False
+        while True:
+            rss = _tree_rss(root)
+            now = time.monotonic() - started
+            if rss:
+                samples.append((round(now, 2), rss))
+            try:
+                proc.wait(timeout=SAMPLE_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                if now > timeout:
+                    timed_out = True
+                    os.killpg(proc.pid, signal.SIGKILL)  # the session this call started
+                    proc.wait()
+                    break
+        wall = time.monotonic() - started
+    return {
+        "started_epoch": started_epoch,
+        "wall_seconds": round(wall, 3),
+        "returncode": proc.returncode,
+        "timed_out": timed_out,
+        "peak_rss_bytes": max((s[1] for s in samples), default=0),
+        "memory_samples": samples,
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "log": str(log_path),
+    }
+
+
+def _tail(path: str | Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# --------------------------------------------------------------------------------------------
+# PostgreSQL databases
+# --------------------------------------------------------------------------------------------
+
+class Databases:
+    """Fresh databases, one per measured run; all dropped by ``drop_all``."""
+
+    def __init__(self, tag: str):
+        self.tag = tag
+        self.created: list[str] = []
+
+    def _admin(self):
+        import psycopg
+
+        return psycopg.connect(PG_ADMIN, autocommit=True)
+
+    def create(self, system: str, run: int) -> str:
+        name = f"authmigrate_bench_{self.tag}_{system}_{run}"
+        with self._admin() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{name}"')
+        self.created.append(name)
+        return name
+
+    def uri(self, name: str, scheme: str = "postgresql") -> str:
+        return f"{scheme}://" + PG_ADMIN.split("://", 1)[1].rsplit("/", 1)[0] + f"/{name}"
+
+    def size(self, name: str) -> int:
+        with self._admin() as admin:
+            return admin.execute("SELECT pg_database_size(%s)", (name,)).fetchone()[0]
+
+    def drop_all(self) -> None:
+        with self._admin() as admin:
+            for name in self.created:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.created.clear()
+
+    def server_version(self) -> str:
+        with self._admin() as admin:
+            return admin.execute("SHOW server_version").fetchone()[0]
+
+
+# --------------------------------------------------------------------------------------------
+# the floor and the naive way (run as `python -m tools.bench _floor|_naive`, measured from outside)
+# --------------------------------------------------------------------------------------------
+
+def floor_main(argv: list[str]) -> int:
+    """Stream raw BSON with pymongo and COPY it, untouched, into one-column bytea tables."""
+    import psycopg
+    import pymongo
+    from bson.codec_options import CodecOptions
+    from bson.raw_bson import RawBSONDocument
+
+    parser = argparse.ArgumentParser(prog="tools.bench _floor")
+    parser.add_argument("--mongo", required=True)
+    parser.add_argument("--db", default=MONGO_DB)
+    parser.add_argument("--pg", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--batch-size", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    client = pymongo.MongoClient(args.mongo)
+    db = client[args.db]
+    per: dict[str, dict] = {}
+    with psycopg.connect(args.pg) as conn:
+        for name in COLLECTIONS:
+            t0 = time.monotonic()
+            coll = db.get_collection(name, codec_options=CodecOptions(document_class=RawBSONDocument))
+            table = f"floor_{name.lower()}"
+            conn.execute(f"CREATE TABLE {table} (doc bytea)")
+            docs = size = 0
+            with conn.cursor() as cur, cur.copy(f"COPY {table} (doc) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["bytea"])
+                for doc in coll.find({}, batch_size=args.batch_size):
+                    raw = doc.raw
+                    copy.write_row((raw,))
+                    docs += 1
+                    size += len(raw)
+            conn.commit()
+            per[name] = {"documents": docs, "bson_bytes": size, "seconds": round(time.monotonic() - t0, 3)}
+    client.close()
+    out = {"collections": per, "documents_total": sum(p["documents"] for p in per.values()),
+           "bson_bytes_total": sum(p["bson_bytes"] for p in per.values()),
+           "seconds_in_script": round(time.monotonic() - started, 3)}
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+NAIVE_FIELDS = ("_id", "userId", "username", "email", "passwordHash", "firstName", "lastName", "identityProvider",
+                "identityProviderUserId", "passkeyId", "passkeyPublicKey", "mfaSecret", "mfaEnabled",
+                "emailVerified", "signCount", "canManageApps", "banned", "bannedAt", "bannedReason", "bannedBy",
+                "createdAt", "updatedAt")
+
+
+def naive_main(argv: list[str]) -> int:
+    """PostgresHook.insert_rows (defaults) of N user documents' scalar fields into a bare table."""
+    import pymongo
+
+    parser = argparse.ArgumentParser(prog="tools.bench _naive")
+    parser.add_argument("--mongo", required=True)
+    parser.add_argument("--db", default=MONGO_DB)
+    parser.add_argument("--rows", type=int, default=NAIVE_ROWS)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    with pymongo.MongoClient(args.mongo) as client:
+        docs = list(client[args.db]["users"].find({}, limit=args.rows, sort=[("_id", 1)]))
+    rows = [tuple(None if d.get(f) is None or isinstance(d.get(f), (list, dict)) else str(d[f])
+                  for f in NAIVE_FIELDS) for d in docs]
+    columns = [re.sub(r"(?<!^)(?=[A-Z])", "_", f.lstrip("_")).lower() for f in NAIVE_FIELDS]
+    from airflow.providers.postgres.hooks import postgres as pg_module
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+    hook = PostgresHook(postgres_conn_id="postgres_default")
+    hook.run("CREATE TABLE naive_users (" + ", ".join(f"{c} text" for c in columns) + ")")
+    t0 = time.monotonic()
+    hook.insert_rows("naive_users", rows, target_fields=columns)
+    seconds = time.monotonic() - t0
+    (count,) = hook.get_first("SELECT count(*) FROM naive_users")
+    # for reference (not the figure): the same call forced down its row-by-row branch
+    # (one INSERT per row, a commit every 1,000), what insert_rows did before it used executemany
+    hook.run("CREATE TABLE naive_users_rowwise (" + ", ".join(f"{c} text" for c in columns) + ")")
+    hook.supports_executemany = False
+    t0 = time.monotonic()
+    hook.insert_rows("naive_users_rowwise", rows, target_fields=columns)
+    rowwise = time.monotonic() - t0
+    out = {"rows": len(rows), "rows_in_table": count, "columns": len(columns), "seconds": round(seconds, 3),
+           "rows_per_second": round(len(rows) / seconds, 1),
+           "rowwise_seconds": round(rowwise, 3), "rowwise_rows_per_second": round(len(rows) / rowwise, 1),
+           "driver": "psycopg 3" if getattr(pg_module, "USE_PSYCOPG3", False) else "psycopg2",
+           "call": "PostgresHook.insert_rows(table, rows, target_fields) with its defaults (commit_every=1000); "
+                   "PostgresHook.supports_executemany is True, so each chunk of 1,000 rows is one "
+                   "cursor.executemany (pipelined by psycopg 3) and a commit"}
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# the dlt venv
+# --------------------------------------------------------------------------------------------
+
+def ensure_dlt_venv() -> tuple[Path | None, str | None]:
+    """``.bench/dlt-venv`` with the pinned dlt and pymongo; (python, None) or (None, error)."""
+    python = DLT_VENV / "bin" / "python"
+    check = [str(python), "-c", "import dlt, pymongo, psycopg2, sys; "
+             "sys.exit(0 if (dlt.__version__, pymongo.version) == ('1.31.0', '4.20.1') else 1)"]
+    try:
+        if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+            return python, None
+        uv = Path(sys.executable).with_name("uv")
+        if uv.exists():
+            steps = [[str(uv), "venv", "-q", "--allow-existing", str(DLT_VENV), "--python", sys.executable],
+                     [str(uv), "pip", "install", "-q", "--python", str(python), *DLT_REQUIREMENTS]]
+        else:
+            steps = [[sys.executable, "-m", "venv", str(DLT_VENV)],
+                     [str(python), "-m", "pip", "install", "-q", *DLT_REQUIREMENTS]]
+        for step in steps:
+            done = subprocess.run(step, capture_output=True, text=True, timeout=900)
+            if done.returncode != 0:
+                return None, f"{' '.join(step)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}"
+        if subprocess.run(check, capture_output=True).returncode != 0:
+            return None, "dlt venv created but `import dlt, pymongo, psycopg2` (pinned versions) fails"
+        return python, None
+    except Exception as exc:  # noqa: BLE001 - reported, never fatal for the whole bench
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+# --------------------------------------------------------------------------------------------
+# our DAG
+# --------------------------------------------------------------------------------------------
+
+def airflow_env(work: Path, mongo_port: int, pg_db: str | None, report_dir: Path | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AIRFLOW", "AUTHMIGRATE_")) and k != "PYTHONPATH"}
+    env.update({
+        "AIRFLOW_HOME": str(work / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}",
+        "AIRFLOW_CONN_MONGO_DEFAULT": f"mongo://127.0.0.1:{mongo_port}/{MONGO_DB}",
+        "AIRFLOW_CONN_REDIS_DEFAULT": REDIS_CONN,
+        "AUTHMIGRATE_STAGING_DIR": str(work / "staging"),
+        "AUTHMIGRATE_RETRIES": "0",  # a failure is a failure: no retry inside a measurement
+    })
+    if pg_db:
+        env["AIRFLOW_CONN_POSTGRES_DEFAULT"] = "postgres://" + PG_ADMIN.split("://", 1)[1].rsplit("/", 1)[0] + f"/{pg_db}"
+    if report_dir:
+        env["AUTHMIGRATE_REPORT_DIR"] = str(report_dir)
+    return env
+
+
+def _md_table(text: str, header: str) -> list[list[str]]:
+    """Rows of the Markdown table whose header line starts with ``header``."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith(header):
+            rows = []
+            for row in lines[i + 2:]:
+                if not row.strip().startswith("|"):
+                    break
+                rows.append([c.strip() for c in row.strip().strip("|").split("|")])
+            return rows
+    return []
+
+
+def parse_report(report_dir: Path) -> dict:
+    reports = sorted(report_dir.glob("*/report.md"))
+    if not reports:
+        raise RuntimeError(f"no report.md under {report_dir}")
+    text = reports[-1].read_text()
+    tasks = {t: float(s) for t, s in _md_table(text, "| task | seconds |")}
+    tables = {t: int(n) for t, n in _md_table(text, "| table | rows |")}
+    collections = {c: {"source": int(s), "loaded": int(lo), "rejected": int(r)}
+                   for c, s, lo, r in _md_table(text, "| collection | source | loaded | rejected |")}
+    return {"run_id": reports[-1].parent.name, "report": str(reports[-1]), "passed": "PASSED" in text.splitlines()[1],
+            "tasks": tasks, "tables": tables, "collections": collections}
+
+
+_DAG_TEST_LINE = re.compile(r"^(\S+Z) .*\[DAG TEST\] (starting|end task) task_id=(\S+)")
+
+
+def parse_task_spans(log_path: str | Path, started_epoch: float, wall: float) -> dict:
+    """The run's timeline from ``airflow dags test``'s own log lines: start-up (interpreter,
+    imports, DAG parse and serialisation, creating the run) until the first task starts; each
+    task's span as Airflow runs it (its body plus the task's set-up, XCom, state updates); and
+    the shut-down after the last task. The spans add up to the wall time."""
+    import datetime as dt
+
+    events = []
+    for line in Path(log_path).read_text(errors="replace").splitlines():
+        m = _DAG_TEST_LINE.match(line)
+        if m:
+            events.append((dt.datetime.fromisoformat(m.group(1)).timestamp() - started_epoch, m.group(2), m.group(3)))
+    if not events:
+        return {}
+    spans: dict[str, float] = {}
+    opened: dict[str, float] = {}
+    for t, kind, task in events:
+        if kind == "starting":
+            opened[task] = t
+        elif task in opened:
+            spans[task] = round(spans.get(task, 0.0) + t - opened.pop(task), 3)
+    first, last = events[0][0], max(t for t, kind, _ in events if kind == "end task")
+    between = (last - first) - sum(spans.values())
+    return {"startup": round(first, 3), "tasks": spans, "between_tasks": round(between, 3),
+            "shutdown": round(wall - last, 3)}
+
+
+# --------------------------------------------------------------------------------------------
+# py-spy profile of one run of ours
+# --------------------------------------------------------------------------------------------
+
+def _frame_parts(frame: str) -> tuple[str, str]:
+    """'func (path/to/file.py:12)' → ('func', 'path/to/file.py')."""
+    m = re.match(r"(.*) \((.*?)(?::\d+)?\)$", frame)
+    return (m.group(1), m.group(2)) if m else (frame, "")
+
+
+def _short(path: str) -> str:
+    for marker in ("site-packages/", "plugins/", "lib/python3.11/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return Path(path).name
+
+
+_CATEGORIES = (
+    (("/pymongo/",), "pymongo: reading from nx-27017 (network wait included)"),
+    (("/bson/",), "bson decoding"),
+    (("/psycopg/", "/psycopg_binary/", "/psycopg2/"), "psycopg: PostgreSQL COPY, merge, checks (server wait included)"),
+    (("/pyarrow/",), "pyarrow: Parquet staging"),
+    (("/pandas/", "/numpy/"), "pandas / numpy"),
+    (("/matplotlib/", "/markdown/", "/PIL/"), "report files (matplotlib chart, markdown)"),
+    (("/authmigrate/",), "authmigrate's own Python (transform rules, hashing, COPY rows)"),
+    (("/airflow/", "/sqlalchemy/", "/httpx/", "/fastapi/", "/starlette/", "/structlog/", "/pydantic",
+      "/anyio/", "/sqlite3/", "/alembic/", "/msgspec/", "/svcs/"),
+     "Airflow: task SDK, in-process execution API, metadata DB, logging"),
+)
+
+
+def _category(frames: list[str]) -> str:
+    """What a sample is doing: module loading wherever it happens, else the innermost frame
+    that belongs to a known package (so a `Condition.wait` called by Airflow counts as Airflow)."""
+    parsed = [_frame_parts(f) for f in frames]
+    if any("importlib._bootstrap" in path for _, path in parsed):
+        return "imports (module loading)"
+    for func, path in reversed(parsed):
+        p = "/" + path.replace("\\", "/")
+        for markers, name in _CATEGORIES:
+            if any(m in p for m in markers):
+                return name
+    if len(parsed) <= 2:
+        return "interpreter with no Python frame (start-up, shut-down, GC)"
+    return "other (stdlib)"
+
+
+OUTSIDE = "outside the task bodies (Airflow start-up, DAG parse, task set-up, XCom, scheduling)"
+
+
+def summarize_profile(raw_path: Path, top: int = 15) -> dict:
+    """Wall-clock attribution from py-spy's collapsed stacks (``--idle --threads``): only the
+    threads that run task code count, so idle helper threads (heartbeats, lock renewal) do not."""
+    stacks: list[tuple[list[str], int]] = []
+    for line in raw_path.read_text(errors="replace").splitlines():
+        body, _, count = line.rpartition(" ")
+        if not body or not count.isdigit():
+            continue
+        stacks.append((body.split(";"), int(count)))
+
+    def thread_key(frames: list[str]) -> str:
+        ids = [re.match(r"(process|thread) \(?(\d+)", f) for f in frames[:3]]
+        return ";".join(f"{m.group(1)} {m.group(2)}" for m in ids if m)
+
+    def task_of(frames: list[str]) -> str | None:
+        for f in frames:
+            func, path = _frame_parts(f)
+            if path.endswith("/authmigrate/tasks.py") and func in ("prepare", "export", "transform", "load",
+                                                                    "validate", "invalidate_cache", "cutover"):
+                return func
+        return None
+
+    task_threads = {thread_key(fr) for fr, _ in stacks if task_of(fr)}
+    by_phase: Counter = Counter()
+    by_category: Counter = Counter()
+    by_phase_category: dict[str, Counter] = defaultdict(Counter)
+    leaves: Counter = Counter()
+    own_inclusive: Counter = Counter()
+    outside_inclusive: Counter = Counter()
+    total = 0
+    for frames, n in stacks:
+        if thread_key(frames) not in task_threads:
+            continue
+        total += n
+        phase = task_of(frames) or OUTSIDE
+        by_phase[phase] += n
+        func, path = _frame_parts(frames[-1])
+        cat = _category(frames)
+        by_category[cat] += n
+        by_phase_category[phase][cat] += n
+        leaves[f"{func} ({_short(path)})"] += n
+        if not task_of(frames):
+            for name in {f"{fn} ({_short(pa)})" for fn, pa in map(_frame_parts, frames)
+                         if pa and not pa.startswith("<")}:
+                outside_inclusive[name] += n
+        seen = set()
+        for f in frames:
+            func, path = _frame_parts(f)
+            if "/authmigrate/" in path and (func, path) not in seen:
+                seen.add((func, path))
+                own_inclusive[f"{func} ({_short(path)})"] += n
+
+    def pct(counter: Counter, k: int | None = None) -> list[dict]:
+        return [{"name": name, "samples": n, "percent": round(100 * n / total, 1)}
+                for name, n in counter.most_common(k)] if total else []
+
+    return {
+        "samples": total,
+        "by_phase": pct(by_phase),
+        "by_category": pct(by_category),
+        "by_phase_category": {ph: pct(c, 5) for ph, c in by_phase_category.items()},
+        "top_leaf_functions": pct(leaves, top),
+        "top_own_functions_inclusive": pct(own_inclusive, top),
+        # what the time outside the task bodies is spent in (frames that are not on every stack)
+        "outside_tasks_inclusive": pct(Counter({k: v for k, v in outside_inclusive.items()
+                                                if v < 0.9 * by_phase[OUTSIDE]}), 25),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the benchmark
+# --------------------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.out = Path(args.out).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        (ROOT / ".bench").mkdir(exist_ok=True)
+        self.work = Path(tempfile.mkdtemp(prefix="work-", dir=ROOT / ".bench"))
+        self.dbs = Databases(uuid.uuid4().hex[:6])
+        self.mongo = None
+        self.results: dict = {}
+
+    # -- helpers ---------------------------------------------------------------------------
+    def log(self, msg: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    def repeat(self, name: str, once) -> dict:
+        """Run ``once(i)`` R times (R = --runs, else 3 if the first run took under a minute, else 1);
+        keep every run and the median run by wall time."""
+        runs = [once(0)]
+        wanted = self.args.runs or (3 if runs[0].get("wall_seconds", ONE_MINUTE) < ONE_MINUTE else 1)
+        if runs[0].get("error"):
+            wanted = 1
+        for i in range(1, wanted):
+            runs.append(once(i))
+        ok = [r for r in runs if not r.get("error")]
+        median = None
+        if ok:
+            walls = sorted(ok, key=lambda r: r["wall_seconds"])
+            median = walls[(len(walls) - 1) // 2]  # the middle run (the faster middle one of an even count)
+        self.log(f"{name}: " + ", ".join(f"{r['wall_seconds']:.1f}s" if not r.get("error") else "error" for r in runs))
+        return {"runs": runs, "median": median, "repeats": len(runs)}
+
+    # -- setup -----------------------------------------------------------------------------
+    def start_mongo(self) -> None:
+        from tools.mongo_server import MongoServer, free_port
+        from tools.seed_mongo import seed
+
+        self.mongo = MongoServer(self.work / "mongo", free_port()).start()
+        self.log(f"nx-27017 on port {self.mongo.port}; seeding {self.args.users:,} users ...")
+        t0 = time.monotonic()
+        counts = seed(self.mongo.uri, MONGO_DB, self.args.users)
+        self.results["seed_seconds"] = round(time.monotonic() - t0, 1)
+        self.results["documents"] = counts
+        self.results["documents_total"] = sum(counts.values())
+        self.log(f"seeded {counts} in {self.results['seed_seconds']}s")
+
+    def probe_source(self) -> None:
+        """How fast nx-27017 serves the users collection: raw BSON, plain scan vs the export's query
+        (projection on the mapped fields, sorted by _id, batches of the DAG's default 5,000). Not a
+        system of its own: it shows what bounds the export."""
+        import pymongo
+        from bson.codec_options import CodecOptions
+        from bson.raw_bson import RawBSONDocument
+
+        sys.path.insert(0, str(ROOT / "plugins"))
+        from authmigrate.registry import COLLECTIONS as SPECS
+
+        projection = {f: 1 for f in SPECS["users"].projection}
+        probes = {"plain scan (batch 10,000)": {"batch_size": 10_000},
+                  "sorted by _id (batch 5,000)": {"sort": [("_id", 1)], "batch_size": 5000},
+                  "projection (batch 5,000)": {"projection": projection, "batch_size": 5000},
+                  "the export's query: projection + sorted by _id (batch 5,000)":
+                      {"projection": projection, "sort": [("_id", 1)], "batch_size": 5000}}
+        out = {}
+        with pymongo.MongoClient(self.mongo.uri) as client:
+            coll = client[MONGO_DB].get_collection("users", codec_options=CodecOptions(document_class=RawBSONDocument))
+            for label, kwargs in probes.items():
+                t0 = time.monotonic()
+                n = size = 0
+                for doc in coll.find({}, **kwargs):
+                    n += 1
+                    size += len(doc.raw)
+                sec = time.monotonic() - t0
+                out[label] = {"documents": n, "seconds": round(sec, 2), "docs_per_second": round(n / sec),
+                              "mib": round(size / MIB, 1)}
+                self.log(f"source probe, users, {label}: {n / sec:,.0f} docs/s")
+        self.results["source_probe"] = out
+
+    def airflow_db(self) -> None:
+        airflow = Path(sys.executable).with_name("airflow")
+        env = airflow_env(self.work, self.mongo.port, None, None)
+        t0 = time.monotonic()
+        subprocess.run([str(airflow), "db", "migrate"], env=env, cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.log(f"airflow db migrate: {time.monotonic() - t0:.1f}s (not timed)")
+
+    # -- systems ---------------------------------------------------------------------------
+    def run_floor(self, i: int) -> dict:
+        db = self.dbs.create("floor", i)
+        out = self.work / f"floor-{i}.json"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        m = run_measured([sys.executable, "-m", "tools.bench", "_floor", "--mongo", self.mongo.uri,
+                          "--pg", self.dbs.uri(db), "--out", str(out)], env, self.work / f"floor-{i}.log",
+                         self.args.timeout)
+        if m["returncode"] != 0:
+            return {**m, "error": f"floor failed ({m['returncode']}):\n{_tail(m['log'])}"}
+        detail = json.loads(out.read_text())
+        return {**m, **detail, "database_bytes": self.dbs.size(db),
+                "docs_per_second": round(detail["documents_total"] / m["wall_seconds"], 1)}
+
+    def run_ours(self, i: int, profile: bool = False) -> dict:
+        db = self.dbs.create("ours" if not profile else "ours_profile", i)
+        reports = self.work / ("reports-profile" if profile else f"reports-{i}")
+        env = airflow_env(self.work, self.mongo.port, db, reports)
+        airflow = str(Path(sys.executable).with_name("airflow"))
+        cmd = [airflow, "dags", "test", "mongo_to_postgres", "--conf", json.dumps(DAG_CONF)]
+        if profile:
+            pyspy = Path(sys.executable).with_name("py-spy")
+            raw = self.out / "profile-ours.txt"
+            cmd = [str(pyspy), "record", "--idle", "--threads", "--subprocesses", "--rate", "25", "--full-filenames",
+                   "--format", "raw",
+                   "-o", str(raw), "--", *cmd]
+        m = run_measured(cmd, env, self.work / (f"ours-{i}.log" if not profile else "ours-profile.log"),
+                         self.args.timeout)
+        if m["returncode"] != 0:
+            return {**m, "error": f"airflow dags test failed ({m['returncode']}):\n{_tail(m['log'])}"}
+        try:
+            report = parse_report(reports)
+        except Exception as exc:  # noqa: BLE001
+            return {**m, "error": f"{exc}\n{_tail(m['log'])}"}
+        if not report["passed"]:
+            return {**m, "error": f"the DAG's validation did not pass: {report['report']}"}
+        documents = sum(c["source"] for c in report["collections"].values())
+        rows = sum(report["tables"].values())
+        tasks = report["tasks"]
+        task_sum = sum(tasks.values())
+        loads = sum(v for k, v in tasks.items() if k.endswith(".load"))
+        timeline = parse_task_spans(m["log"], m["started_epoch"], m["wall_seconds"])
+        validate_span = timeline.get("tasks", {}).get("validate", tasks.get("validate", 0.0))
+        return {**m, **report, "documents_total": documents, "rows_total": rows,
+                "database_bytes": self.dbs.size(db),
+                "docs_per_second": round(documents / m["wall_seconds"], 1),
+                "rows_per_second": round(rows / m["wall_seconds"], 1),
+                "rows_per_second_load_tasks": round(rows / loads, 1) if loads else None,
+                "task_seconds_total": round(task_sum, 2),
+                "outside_tasks_seconds": round(m["wall_seconds"] - task_sum, 2),
+                "timeline": timeline,
+                "validate_span_seconds": validate_span,
+                # the whole validate task as Airflow ran it (checks + report files), not only its checks
+                "validate_share_of_wall": round(validate_span / m["wall_seconds"], 4)}
+
+    def run_naive(self, i: int) -> dict:
+        db = self.dbs.create("naive", i)
+        out = self.work / f"naive-{i}.json"
+        env = airflow_env(self.work, self.mongo.port, db, None)
+        env["PYTHONPATH"] = str(ROOT)
+        m = run_measured([sys.executable, "-m", "tools.bench", "_naive", "--mongo", self.mongo.uri,
+                          "--rows", str(NAIVE_ROWS), "--out", str(out)], env, self.work / f"naive-{i}.log",
+                         self.args.timeout)
+        if m["returncode"] != 0:
+            return {**m, "error": f"naive failed ({m['returncode']}):\n{_tail(m['log'])}"}
+        detail = json.loads(out.read_text())
+        # the figure is the insert itself, not the process (imports, reading the sample)
+        return {**m, **detail, "process_wall_seconds": m["wall_seconds"], "wall_seconds": detail["seconds"]}
+
+    def run_dlt(self, i: int, python: Path) -> dict:
+        db = self.dbs.create("dlt", i)
+        out = self.work / f"dlt-{i}.json"
+        work = self.work / f"dlt-{i}"
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        m = run_measured([str(python), str(ROOT / "tools" / "bench_dlt.py"), "--mongo", self.mongo.uri,
+                          "--db", MONGO_DB, "--pg", self.dbs.uri(db), "--work", str(work), "--out", str(out)],
+                         env, self.work / f"dlt-{i}.log", self.args.timeout)
+        shutil.rmtree(work, ignore_errors=True)
+        if m["returncode"] != 0:
+            return {**m, "error": f"dlt failed ({m['returncode']}):\n{_tail(m['log'])}"}
+        detail = json.loads(out.read_text())
+        return {**m, **detail, "database_bytes": self.dbs.size(db),
+                "docs_per_second": round(detail["documents_total"] / m["wall_seconds"], 1),
+                "rows_per_second": round(detail["rows_total"] / m["wall_seconds"], 1)}
+
+    # -- the whole thing -------------------------------------------------------------------
+    def run(self) -> dict:
+        args = self.args
+        self.results.update({"n_users": args.users, "command": " ".join(["python -m tools.bench", *sys.argv[1:]]),
+                             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(self.dbs),
+                             "uptime_before": uptime()})
+        systems: dict[str, dict] = {}
+        self.results["systems"] = systems
+        try:
+            self.start_mongo()
+            self.airflow_db()
+            if "probe" not in args.skip:
+                self.probe_source()
+            if "floor" not in args.skip:
+                systems["floor"] = self.repeat("floor", self.run_floor)
+            if "ours" not in args.skip:
+                systems["ours"] = self.repeat("ours", self.run_ours)
+            if "naive" not in args.skip:
+                systems["naive"] = self.repeat("naive", self.run_naive)
+            if "dlt" not in args.skip:
+                t0 = time.monotonic()
+                python, error = ensure_dlt_venv()
+                self.log(f"dlt venv: {python or error} ({time.monotonic() - t0:.1f}s)")
+                if python is None:
+                    systems["dlt"] = {"runs": [], "median": None, "repeats": 0, "error": error}
+                else:
+                    systems["dlt"] = self.repeat("dlt", lambda i: self.run_dlt(i, python))
+            if args.profile:
+                self.log("profile: one more run of ours under py-spy (not measured) ...")
+                prof = self.run_ours(0, profile=True)
+                raw = self.out / "profile-ours.txt"
+                if prof.get("error") or not raw.exists():
+                    self.results["profile"] = {"error": prof.get("error") or "py-spy wrote no profile"}
+                else:
+                    self.results["profile"] = {"wall_seconds_under_pyspy": prof["wall_seconds"],
+                                               "tasks": prof["tasks"], **summarize_profile(raw)}
+        finally:
+            self.results["uptime_after"] = uptime()
+            if self.mongo:
+                self.mongo.stop()
+            try:
+                self.dbs.drop_all()
+            except Exception as exc:  # noqa: BLE001
+                self.log(f"could not drop every bench database: {exc}")
+            if not args.keep:
+                shutil.rmtree(self.work, ignore_errors=True)
+        self.results["ratios"], self.results["targets"] = ratios_and_targets(systems)
+        self.results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        return self.results
+
+
+def machine(dbs: Databases) -> dict:
+    import importlib.metadata as md
+
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    mem = 0
+    try:
+        mem = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1)) * 1024
+    except (OSError, AttributeError):
+        pass
+
+    def version(dist: str) -> str | None:
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            return None
+
+    try:
+        pg = dbs.server_version()
+    except Exception:  # noqa: BLE001
+        pg = None
+    return {"cpus": os.cpu_count(), "cpu_model": cpu, "memory_gib": round(mem / GIB, 1),
+            "kernel": platform.release(), "python": platform.python_version(), "postgresql": pg,
+            "airflow": version("apache-airflow"), "nx_27017": version("nx-27017"), "pymongo": version("pymongo"),
+            "psycopg": version("psycopg"), "pandas": version("pandas"), "pyarrow": version("pyarrow")}
+
+
+def uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def ratios_and_targets(systems: dict) -> tuple[dict, list[dict]]:
+    med = {name: (s or {}).get("median") for name, s in systems.items()}
+    ours, floor, dlt, naive = (med.get(k) for k in ("ours", "floor", "dlt", "naive"))
+    ratios: dict = {}
+    targets: list[dict] = []
+
+    def target(name: str, wanted: str, value, ok) -> None:
+        targets.append({"target": name, "wanted": wanted, "measured": value,
+                        "met": None if ok is None else bool(ok)})
+
+    if ours and floor:
+        ratios["ours_over_floor_wall"] = round(ours["wall_seconds"] / floor["wall_seconds"], 2)
+        ratios["ours_tasks_over_floor_wall"] = round(ours["task_seconds_total"] / floor["wall_seconds"], 2)
+    if ours and dlt:
+        ratios["dlt_over_ours_wall"] = round(dlt["wall_seconds"] / ours["wall_seconds"], 2)
+        ratios["ours_over_dlt_wall"] = round(ours["wall_seconds"] / dlt["wall_seconds"], 2)
+    if ours and naive:
+        ratios["ours_rows_per_s_over_naive"] = round(ours["rows_per_second"] / naive["rows_per_second"], 1)
+        if ours.get("rows_per_second_load_tasks"):
+            ratios["ours_load_rows_per_s_over_naive"] = round(ours["rows_per_second_load_tasks"]
+                                                              / naive["rows_per_second"], 1)
+    r = ratios.get("ours_over_floor_wall")
+    target("ours ≤ 1.5× the floor (wall)", "≤ 1.5", r, None if r is None else r <= 1.5)
+    r = ratios.get("dlt_over_ours_wall")
+    target("ours ≥ 3× faster than dlt (wall)", "dlt/ours ≥ 3", r, None if r is None else r >= 3)
+    r = ratios.get("ours_rows_per_s_over_naive")
+    target("ours ≥ 20× naive rows/s (end to end)", "≥ 20", r, None if r is None else r >= 20)
+    peak = ours["peak_rss_bytes"] / GIB if ours else None
+    target("peak RSS of ours ≤ 1 GiB", "≤ 1.0 GiB", None if peak is None else round(peak, 3),
+           None if peak is None else peak <= 1.0)
+    share = ours["validate_share_of_wall"] if ours else None
+    target("validation ≤ 10 % of total", "≤ 10 %", None if share is None else f"{100 * share:.1f} %",
+           None if share is None else share <= 0.10)
+    return ratios, targets
+
+
+# --------------------------------------------------------------------------------------------
+# output: JSON, Markdown, PNG
+# --------------------------------------------------------------------------------------------
+
+def _downsample(samples: list, limit: int = 1500) -> list:
+    if len(samples) <= limit:
+        return samples
+    step = len(samples) / limit
+    picked = [samples[int(i * step)] for i in range(limit)]
+    peak = max(samples, key=lambda s: s[1])
+    return sorted(set(picked + [peak, samples[-1]]))
+
+
+def to_json(results: dict) -> dict:
+    out = json.loads(json.dumps(results, default=str))
+    for s in out.get("systems", {}).values():
+        for run in s.get("runs", []):
+            run["memory_samples"] = _downsample(run.get("memory_samples", []))
+    return out
+
+
+def fmt_int(x) -> str:
+    return "—" if x is None else f"{x:,.0f}"
+
+
+def to_markdown(r: dict) -> str:
+    m = r["machine"]
+    lines = [f"# Benchmark: {r['n_users']:,} users ({r.get('documents_total', 0):,} documents)", "",
+             f"`{r['command']}` — {r['started']} → {r.get('finished', '')}", "",
+             f"Machine: {m['cpus']} CPUs ({m['cpu_model']}), {m['memory_gib']} GiB RAM, Linux {m['kernel']}, "
+             f"Python {m['python']}, PostgreSQL {m['postgresql']}, Airflow {m['airflow']}, "
+             f"source nx-27017 {m['nx_27017']} (SQLite-backed MongoDB wire-protocol server).", "",
+             f"Load before: `{r.get('uptime_before', '')}`  ", f"Load after: `{r.get('uptime_after', '')}`", "",
+             f"Seeding took {r.get('seed_seconds', '—')} s: {r.get('documents', {})}.", "",
+             "| system | what | wall s | docs/s | rows written | rows/s | peak RSS MiB | runs (wall s) |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    what = {"ours": "`airflow dags test mongo_to_postgres` (export → transform → load → validate, verify on)",
+            "floor": "pymongo RawBSON → psycopg 3 binary COPY, raw BSON in one bytea column",
+            "naive": f"`PostgresHook.insert_rows` of {NAIVE_ROWS:,} user rows (scalar fields as text)",
+            "dlt": "dlt 1.31.0 defaults (arrays → child tables, insert_values)"}
+    for name in ("ours", "floor", "dlt", "naive"):
+        s = r["systems"].get(name)
+        if not s:
+            continue
+        med = s.get("median")
+        runs = ", ".join(f"{x['wall_seconds']:.1f}" if not x.get("error") else "failed" for x in s.get("runs", []))
+        if not med:
+            err = (s.get("error") or next((x.get("error") for x in s.get("runs", []) if x.get("error")), "")) or ""
+            lines.append(f"| {name} | {what[name]} | — | — | — | — | — | error: {err.splitlines()[0][:200] if err else '?'} |")
+            continue
+        docs = med.get("documents_total")
+        rows = med.get("rows_total", med.get("rows", docs if name == "floor" else None))
+        rps = med.get("rows_per_second") or (round(rows / med["wall_seconds"], 1) if rows else None)
+        peak = med.get("peak_rss_bytes", 0) / MIB
+        lines.append(f"| {name} | {what[name]} | {med['wall_seconds']:.2f} | "
+                     f"{fmt_int(med.get('docs_per_second'))} | {fmt_int(rows)} | {fmt_int(rps)} | "
+                     f"{peak:,.0f} | {runs} |")
+    lines += ["", "Wall time is the measured subprocess from start to exit (for ours: Airflow start-up, DAG parse "
+              "and the run; for dlt: interpreter and `import dlt` included). Naive: the `insert_rows` call only. "
+              "Peak RSS: summed RSS of the process tree, sampled every 0.2 s (the MongoDB and PostgreSQL servers "
+              "are not included).", ""]
+    if r.get("ratios"):
+        lines += ["| ratio | value |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in r["ratios"].items()] + [""]
+    if r.get("targets"):
+        lines += [f"Issue targets (stated for N = {TARGETS_N:,}; measured here at N = {r['n_users']:,}):", "",
+                  "| target | wanted | measured | met |", "|---|---|---:|---|"]
+        for t in r["targets"]:
+            met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
+            lines.append(f"| {t['target']} | {t['wanted']} | {t['measured'] if t['measured'] is not None else '—'} | {met} |")
+        lines.append("")
+    ours = (r["systems"].get("ours") or {}).get("median")
+    if ours:
+        wall = ours["wall_seconds"]
+        spans = (ours.get("timeline") or {}).get("tasks", {})
+        lines += ["Where the wall time of ours goes (median run). *body*: the task function's own time, from the "
+                  "run's report.md (validate's excludes writing the report files); *span*: the task as "
+                  "`airflow dags test` ran it, from its log (body + task set-up, XCom, state updates; the first "
+                  "task also starts the in-process execution API):", "",
+                  "| phase | body s | span s | span share of wall |", "|---|---:|---:|---:|"]
+        tl = ours.get("timeline") or {}
+        if tl:
+            lines.append(f"| start-up: interpreter, imports, DAG parse + serialisation, dag run | — | "
+                         f"{tl['startup']:.2f} | {100 * tl['startup'] / wall:.1f} % |")
+        names = sorted(set(spans) | set(ours["tasks"]), key=lambda t: -(spans.get(t, ours["tasks"].get(t, 0))))
+        for t in names:
+            body, span = ours["tasks"].get(t), spans.get(t)
+            lines.append(f"| {t} | {'—' if body is None else f'{body:.2f}'} | {'—' if span is None else f'{span:.2f}'} | "
+                         f"{'—' if span is None else f'{100 * span / wall:.1f} %'} |")
+        if tl:
+            lines.append(f"| between tasks | — | {tl['between_tasks']:.2f} | {100 * tl['between_tasks'] / wall:.1f} % |")
+            lines.append(f"| shut-down after the last task | — | {tl['shutdown']:.2f} | {100 * tl['shutdown'] / wall:.1f} % |")
+        lines.append(f"| **total** | {ours['task_seconds_total']:.2f} | {wall:.2f} | 100 % |")
+        lines += ["", "Rows per table (ours): " + ", ".join(f"{k} {v:,}" for k, v in ours["tables"].items()), ""]
+    if r.get("source_probe"):
+        lines += ["Source probe — nx-27017 serving the users collection as raw BSON, no PostgreSQL involved:", "",
+                  "| query | docs/s | seconds | MiB |", "|---|---:|---:|---:|"]
+        lines += [f"| {k} | {v['docs_per_second']:,} | {v['seconds']} | {v['mib']} |" for k, v in r["source_probe"].items()]
+        lines.append("")
+    naive = (r["systems"].get("naive") or {}).get("median")
+    if naive:
+        lines += [f"Naive: {naive['call']}; driver {naive['driver']}. For reference, the same call forced down "
+                  f"its row-by-row branch: {naive['rowwise_rows_per_second']:,.0f} rows/s.", ""]
+    dlt = (r["systems"].get("dlt") or {}).get("median")
+    if dlt:
+        lines += [f"dlt phases: {dlt['phases']} (import {dlt['seconds_import']} s); tables: {dlt['tables']}", ""]
+    prof = r.get("profile")
+    if prof and not prof.get("error"):
+        lines += [f"Profile of ours (py-spy, wall clock incl. waits, {prof['samples']} samples; run took "
+                  f"{prof['wall_seconds_under_pyspy']:.1f} s under the profiler):", "",
+                  "| phase | % |", "|---|---:|"]
+        lines += [f"| {x['name']} | {x['percent']} |" for x in prof["by_phase"]]
+        lines += ["", "| what the samples are doing | % |", "|---|---:|"]
+        lines += [f"| {x['name']} | {x['percent']} |" for x in prof["by_category"]]
+        lines += ["", "| hottest leaf functions | % |", "|---|---:|"]
+        lines += [f"| `{x['name']}` | {x['percent']} |" for x in prof["top_leaf_functions"][:12]]
+        lines += ["", "| own functions (inclusive) | % |", "|---|---:|"]
+        lines += [f"| `{x['name']}` | {x['percent']} |" for x in prof["top_own_functions_inclusive"][:12]]
+        lines += ["", "| outside the task bodies: frames (inclusive) | % |", "|---|---:|"]
+        lines += [f"| `{x['name']}` | {x['percent']} |" for x in prof["outside_tasks_inclusive"][:15]]
+        lines.append("")
+    elif prof:
+        lines += [f"Profile: failed — {prof['error'].splitlines()[0]}", ""]
+    return "\n".join(lines)
+
+
+def to_png(r: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(17, 5.2), gridspec_kw={"width_ratios": [1.2, 1.3, 0.8]})
+    ours = (r["systems"].get("ours") or {}).get("median")
+    if ours:
+        tl = ours.get("timeline") or {}
+        spans = tl.get("tasks") or dict(ours["tasks"])
+        rows = [("start-up (imports, DAG parse)", 0.0, tl.get("startup", 0.0))]
+        rows += [(t, min(ours["tasks"].get(t, span), span), span) for t, span in spans.items()]
+        rows += [("shut-down", 0.0, tl.get("shutdown", 0.0))]
+        labels = [x[0] for x in rows]
+        bodies = [x[1] for x in rows]
+        overhead = [max(x[2] - x[1], 0.0) for x in rows]
+        a.barh(labels, bodies, color="#4C78A8", label="task body (report.md)")
+        a.barh(labels, overhead, left=bodies, color="#BAB0AC",
+               label="rest of the span: Airflow (validate: + report files)")
+        a.invert_yaxis()
+        a.tick_params(axis="y", labelsize=8)
+        a.set_xlabel("seconds")
+        a.legend(loc="lower right", fontsize=8)
+        a.set_title(f"ours: time per phase, in run order (wall {ours['wall_seconds']:.1f} s)")
+    colors = {"ours": "#4C78A8", "floor": "#54A24B", "dlt": "#E45756", "naive": "#B279A2"}
+    for name in ("ours", "floor", "dlt"):
+        med = (r["systems"].get(name) or {}).get("median")
+        if med and med.get("memory_samples"):
+            xs = [s[0] for s in med["memory_samples"]]
+            ys = [s[1] / MIB for s in med["memory_samples"]]
+            b.plot(xs, ys, label=f"{name} (peak {max(ys):,.0f} MiB)", color=colors[name])
+    b.axhline(1024, color="#999", linestyle="--", linewidth=0.8)
+    b.text(0, 1024, " 1 GiB target", va="bottom", fontsize=8, color="#666")
+    b.set_xlabel("seconds since start")
+    b.set_ylabel("RSS of the process tree, MiB")
+    b.set_title("memory over time")
+    b.legend(loc="upper right", fontsize=8)
+    names, walls = [], []
+    for name in ("floor", "ours", "dlt"):
+        med = (r["systems"].get(name) or {}).get("median")
+        if med:
+            names.append(name)
+            walls.append(med["wall_seconds"])
+    c.bar(names, walls, color=[colors[n] for n in names])
+    for x, w in enumerate(walls):
+        c.text(x, w, f"{w:.1f}s", ha="center", va="bottom", fontsize=9)
+    c.set_ylabel("wall seconds")
+    c.set_title(f"{r.get('documents_total', 0):,} documents")
+    fig.suptitle(f"authmigrate benchmark, N = {r['n_users']:,} users")
+    fig.tight_layout()
+    fig.savefig(path, dpi=96)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "_floor":
+        return floor_main(argv[1:])
+    if argv and argv[0] == "_naive":
+        return naive_main(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=200_000, help="users to seed (apps N/20, roles N/10)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="runs per system (default: 3 when its first run took under a minute, else 1)")
+    parser.add_argument("--out", default="bench-results", help="folder for bench.json / bench.md / bench.png")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: floor,ours,naive,dlt,probe")
+    parser.add_argument("--profile", action="store_true", help="one extra run of ours under py-spy")
+    parser.add_argument("--timeout", type=float, default=3600, help="kill a measured run after this many seconds")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (.bench/work-*): logs, data")
+    args = parser.parse_args(argv)
+    args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    if args.users < 20:
+        parser.error("--users must be at least 20")
+    bench = Bench(args)
+    results = bench.run()
+    out = bench.out
+    (out / "bench.json").write_text(json.dumps(to_json(results), indent=2))
+    (out / "bench.md").write_text(to_markdown(results) + "\n")
+    to_png(results, out / "bench.png")
+    print((out / "bench.md").read_text())
+    print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
+    failed = [n for n, s in results["systems"].items() if n != "dlt" and not s.get("median")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
