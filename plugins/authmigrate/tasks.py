@@ -179,13 +179,30 @@ def validate() -> dict:
 
 def release_lock() -> dict:
     """A teardown task: runs however the run's other tasks ended, so a failed run never keeps
-    the target locked until the lock expires (release is compare-and-delete on this run's token)."""
+    the target locked until the lock expires (release is compare-and-delete on this run's token),
+    and never stays 'running' in authmigrate.runs (validate closes the runs it reaches; the
+    failure callbacks are best effort, this is the guarantee)."""
     _, cfg = _context()
     if cfg.dry_run:
-        return {"released": False}
+        return {"released": False, "closed_as_failed": False}
     from authmigrate.lock import release_for_run
 
-    return {"released": release_for_run(cfg)}
+    return {"closed_as_failed": _close_unfinished_run(cfg), "released": release_for_run(cfg)}
+
+
+def _close_unfinished_run(cfg: RunConfig) -> bool:
+    """Mark the run failed if it is still 'running' once validate is over (it never ran)."""
+    try:
+        from authmigrate.db import connect, q
+
+        with connect(cfg) as conn:
+            closed = conn.execute(q("run_failed"), {"run_id": cfg.run_id}).rowcount > 0
+        if closed:
+            log.warning("run %s ended before validate: recorded as failed in authmigrate.runs", cfg.run_id)
+        return closed
+    except Exception:  # noqa: BLE001 - the lock must still be released
+        log.exception("could not close run %s in authmigrate.runs", cfg.run_id)
+        return False
 
 
 def invalidate_cache() -> dict:
