@@ -38,7 +38,7 @@ def _context():
 
 def _require(cfg: RunConfig, collection: str) -> None:
     if collection not in cfg.collections:
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         raise AirflowSkipException(f"{collection} is not in this run's collections {list(cfg.collections)}")
 
@@ -51,7 +51,7 @@ def _results(ti, cfg: RunConfig) -> dict[str, dict]:
 
 def _fail(exc: Exception):
     """Raise so that Airflow fails the task without retrying (a retry cannot help)."""
-    from airflow.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException
 
     raise AirflowFailException(str(exc)) from exc
 
@@ -121,7 +121,7 @@ def load(collection: str) -> dict:
 
 def _require_sessions(cfg: RunConfig) -> None:
     if not cfg.sessions:
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         raise AirflowSkipException("session sync is off for this run (param sessions)")
 
@@ -207,7 +207,7 @@ def _close_unfinished_run(cfg: RunConfig) -> bool:
 
 def invalidate_cache() -> dict:
     """UNLINK the app's cached copies of rows this run changed or deleted."""
-    from airflow.exceptions import AirflowSkipException
+    from airflow.sdk.exceptions import AirflowSkipException
 
     _, cfg = _context()
     if cfg.dry_run or not cfg.cache_keys:
@@ -219,7 +219,7 @@ def invalidate_cache() -> dict:
 
 def cutover() -> dict:
     """Flip the app's datastore switch to postgres — only after a passing validation."""
-    from airflow.exceptions import AirflowSkipException
+    from airflow.sdk.exceptions import AirflowSkipException
 
     ctx, cfg = _context()
     if not cfg.cutover or cfg.dry_run:
