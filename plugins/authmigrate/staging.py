@@ -48,8 +48,46 @@ def write_table(table: pa.Table, path: Path) -> Path:
     return path
 
 
-def read_frame(path: Path | str) -> pd.DataFrame:
-    return pq.read_table(path).to_pandas()
+def read_frame(path: Path | str, columns: list[str] | None = None) -> pd.DataFrame:
+    return pq.read_table(path, columns=columns).to_pandas()
+
+
+class FrameWriter:
+    """Append DataFrames (one row group each) to a Parquet file that appears, owner-only and
+    complete, at ``path`` only when the writer is closed without error."""
+
+    def __init__(self, path: Path, schema: pa.Schema | None = None):
+        self.path, self.schema, self.rows = Path(path), schema, 0
+        self._tmp = self.path.with_suffix(self.path.suffix + ".partial")
+        self._fh = private_file(self._tmp)
+        self._writer = None
+
+    def write(self, df: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(df, preserve_index=False, schema=self.schema)
+        if self._writer is None:
+            self.schema = table.schema
+            self._writer = pq.ParquetWriter(self._fh, self.schema)
+        self._writer.write_table(table)
+        self.rows += len(df)
+
+    def close(self, empty: pd.DataFrame | None = None) -> Path:
+        """Finish the file; ``empty`` gives the columns when nothing was written."""
+        if self._writer is None:
+            self.write(empty if empty is not None else pd.DataFrame())
+        self._writer.close()
+        self._fh.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def __enter__(self) -> "FrameWriter":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is not None:  # never leave a half-written file under the final name
+            if self._writer is not None:
+                self._writer.close()
+            self._fh.close()
+            self._tmp.unlink(missing_ok=True)
 
 
 def remove_run(cfg: RunConfig) -> None:

@@ -93,14 +93,17 @@ def source_id(doc: dict) -> str | None:
 
 
 # --------------------------------------------------------------------------- decoding
-def decode_documents(raws: Iterable[bytes]) -> tuple[list[dict], list[dict]]:
-    """BSON bytes → documents. A document that is not valid BSON/UTF-8 becomes a reject."""
+def decode_documents(raws: Iterable[bytes], positions: list[int] | None = None) -> tuple[list[dict], list[dict]]:
+    """BSON bytes → documents. A document that is not valid BSON/UTF-8 becomes a reject.
+    ``positions``, when given, receives the index in ``raws`` of every decoded document."""
     import bson
 
     docs, rejects = [], []
-    for raw in raws:
+    for i, raw in enumerate(raws):
         try:
             docs.append(bson.decode(raw, codec_options=CODEC))
+            if positions is not None:
+                positions.append(i)
         except (InvalidBSON, UnicodeDecodeError, ValueError, OverflowError) as exc:
             try:
                 shown = bson.decode(raw, codec_options=_LENIENT)
@@ -325,13 +328,13 @@ def _coerce(docs: pd.DataFrame, rules: dict[str, tuple[str, Callable]]) -> tuple
     return frame, rejects
 
 
-def _drop_duplicates(frame: pd.DataFrame, docs: pd.DataFrame, subset: list[str], order: list[str],
-                     ascending: list[bool], code: str, what: str, casefold: bool = False
-                     ) -> tuple[pd.DataFrame, list[dict]]:
-    """Keep one row per ``subset`` (the first by ``order``); reject the others naming the winner.
-    Rows with a NULL in ``subset`` are never duplicates of each other."""
+def find_duplicates(frame: pd.DataFrame, subset: list[str], order: list[str], ascending: list[bool],
+                    casefold: bool = False) -> list[tuple[Any, tuple, Any]]:
+    """Rows that lose a uniqueness contest on ``subset``: (index, key, winner's mongo_id), in rank
+    order. The first row by ``order`` (then ``mongo_id``) wins; rows with a NULL in ``subset``
+    are never duplicates of each other."""
     if frame.empty:
-        return frame, []
+        return []
     keys = frame[subset].copy()
     if casefold:
         keys = keys.apply(lambda s: s.map(lambda v: v.casefold() if isinstance(v, str) else v))
@@ -341,17 +344,38 @@ def _drop_duplicates(frame: pd.DataFrame, docs: pd.DataFrame, subset: list[str],
     has_all = keys.notna().all(axis=1)
     dup = keys.duplicated(keep="first") & has_all
     if not dup.any():
-        return frame, []
+        return []
     winners = ranked[~dup & has_all].assign(_k=[tuple(k) for k in keys[~dup & has_all].itertuples(index=False)])
     winner_of = dict(zip(winners["_k"], winners["mongo_id"]))
-    rejects = []
-    for idx in ranked.index[dup.to_numpy()]:
-        k = tuple(keys.loc[idx])
-        rejects.append(_reject_row(
-            docs["_doc"].iat[frame.at[idx, "_row"]], "document", None, code,
-            f"{what} {preview(k if len(k) > 1 else k[0])} is already used by document {winner_of[k]}",
-        ))
-    return frame.drop(index=ranked.index[dup.to_numpy()]), rejects
+    return [(idx, k, winner_of[k]) for idx, k in
+            zip(ranked.index[dup.to_numpy()], map(tuple, keys[dup].itertuples(index=False)))]
+
+
+def duplicate_reason(what: str, key: tuple, winner: Any) -> str:
+    return f"{what} {preview(key if len(key) > 1 else key[0])} is already used by document {winner}"
+
+
+def duplicate_plan(frame: pd.DataFrame, passes: tuple) -> list[tuple[int, str, str]]:
+    """Apply the uniqueness ``passes`` (subset, order, ascending, code, what, casefold) one after
+    the other; returns (``_row``, reason code, reason) of every losing row, pass by pass.
+    Needs only the key, order, ``mongo_id`` and ``_row`` columns, so a whole collection's
+    keys can be ranked without its documents."""
+    out = []
+    for subset, order, asc, code, what, fold in passes:
+        found = find_duplicates(frame, subset, order, asc, fold)
+        out += [(int(frame.at[idx, "_row"]), code, duplicate_reason(what, k, w)) for idx, k, w in found]
+        frame = frame.drop(index=[idx for idx, _, _ in found])
+    return out
+
+
+def _drop_duplicates(frame: pd.DataFrame, docs: pd.DataFrame, subset: list[str], order: list[str],
+                     ascending: list[bool], code: str, what: str, casefold: bool = False
+                     ) -> tuple[pd.DataFrame, list[dict]]:
+    """Keep one row per ``subset`` (the first by ``order``); reject the others naming the winner."""
+    found = find_duplicates(frame, subset, order, ascending, casefold)
+    rejects = [_reject_row(docs["_doc"].iat[frame.at[idx, "_row"]], "document", None, code,
+                           duplicate_reason(what, k, w)) for idx, k, w in found]
+    return frame.drop(index=[idx for idx, _, _ in found]), rejects
 
 
 def _drop_clashes(frame: pd.DataFrame, docs: pd.DataFrame, existing: pd.DataFrame | None, subset: list[str],
@@ -402,8 +426,9 @@ def _explode(frame: pd.DataFrame, docs: pd.DataFrame, array_col: str, parent_col
              ) -> tuple[pd.DataFrame, list[dict], dict[str, int]]:
     """One join row per valid, distinct, known element; a reject row for every other element.
     ``element_fn`` returns the element's key or raises Reject; it may return WILDCARD."""
-    parents, children, rejects = [], [], []
+    parents, children, rows, rejects = [], [], [], []
     elements = wildcards = 0
+    wild_rows: list[int] = []
     for parent, values, row in zip(frame[parent_col], frame[array_col], frame["_row"]):
         seen: set[str] = set()
         for el in values:
@@ -412,25 +437,28 @@ def _explode(frame: pd.DataFrame, docs: pd.DataFrame, array_col: str, parent_col
             try:
                 key = element_fn(el)
             except Reject as r:
-                rejects.append(_reject_row(doc, "element", el, r.code, r.reason))
+                rejects.append({**_reject_row(doc, "element", el, r.code, r.reason), "_row": row})
                 continue
             if key in seen:
-                rejects.append(_reject_row(doc, "element", el, "duplicate_element",
-                                           f"{preview(el)} appears more than once in the array"))
+                rejects.append({**_reject_row(doc, "element", el, "duplicate_element",
+                                              f"{preview(el)} appears more than once in the array"), "_row": row})
                 continue
             seen.add(key)
             if key == WILDCARD:
                 wildcards += 1
+                wild_rows.append(row)
                 continue
             if known is not None and key not in known:
-                rejects.append(_reject_row(doc, "element", el, "dangling_user",
-                                           f"user {preview(key)} does not exist (or was rejected)"))
+                rejects.append({**_reject_row(doc, "element", el, "dangling_user",
+                                              f"user {preview(key)} does not exist (or was rejected)"), "_row": row})
                 continue
             parents.append(parent)
             children.append(key)
-    rows = pd.DataFrame({parent_col: parents, child_col: children})
-    counts = {"array_elements": elements, "rejected_elements": len(rejects), "wildcard_elements": wildcards}
-    return rows, rejects, counts
+            rows.append(row)
+    out = pd.DataFrame({parent_col: parents, child_col: children, "_row": pd.Series(rows, dtype="int64")})
+    counts = {"array_elements": elements, "rejected_elements": len(rejects), "wildcard_elements": wildcards,
+              "_wildcard_rows": wild_rows}
+    return out, rejects, counts
 
 
 def _role_name(el: Any) -> str:
@@ -457,11 +485,12 @@ def _legacy_app_id(el: Any) -> str | None:
         return None
 
 
-def _finish(docs: pd.DataFrame, rejects: list[dict], tables: dict[str, pd.DataFrame],
+def _finish(docs: pd.DataFrame | int, rejects: list[dict], tables: dict[str, pd.DataFrame],
             counts: dict[str, Any], extras: dict | None = None) -> Result:
+    """``docs``: the documents (or their number)."""
     doc_rejects = sum(1 for r in rejects if r["scope"] == "document")
     counts = {
-        "source_documents": len(docs),
+        "source_documents": docs if isinstance(docs, int) else len(docs),
         "rejected_documents": doc_rejects,
         "rows": {name: len(df) for name, df in tables.items()},
         **counts,
@@ -498,45 +527,75 @@ USER_RULES = {
 }
 
 
-def transform_users(docs: pd.DataFrame, existing: pd.DataFrame | None = None) -> Result:
-    """users → users, roles (distinct providerRoles), user_roles; plus the legacy
-    app ownership claims (``extras['legacy_owners']``) used to back-fill app owners.
-    ``existing``: target rows outside this batch (incremental runs); they win collisions."""
+USER_CLASHES = (  # incremental runs: target rows that stay win these
+    (["username"], "duplicate_username", "username", False),
+    (["email"], "duplicate_email", "email (compared case-insensitively)", True),
+    (["identity_provider", "identity_provider_user_id"], "duplicate_identity",
+     "identity (provider, provider user id)", False),
+)
+USER_DUPLICATES = (  # (subset, order, ascending, code, what, casefold), applied in this order
+    (["id"], ["updated_at"], [False], "duplicate_key", "userId", False),
+    (["username"], ["created_at"], [True], "duplicate_username", "username", False),
+    (["email"], ["created_at"], [True], "duplicate_email", "email (compared case-insensitively)", True),
+    (["identity_provider", "identity_provider_user_id"], ["created_at"], [True],
+     "duplicate_identity", "identity (provider, provider user id)", False),
+)
+USER_KEY_COLUMNS = ["id", "username", "email", "identity_provider", "identity_provider_user_id",
+                    "created_at", "updated_at"]
+
+
+def users_accept(docs: pd.DataFrame, existing: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[dict]]:
+    """The per-document part of the users rules: coercion, and (incremental runs) collisions with
+    target rows that stay. Any batch of documents can be accepted on its own."""
     frame, rejects = _coerce(docs, USER_RULES)
-    for subset, code, what, fold in (
-        (["username"], "duplicate_username", "username", False),
-        (["email"], "duplicate_email", "email (compared case-insensitively)", True),
-        (["identity_provider", "identity_provider_user_id"], "duplicate_identity",
-         "identity (provider, provider user id)", False),
-    ):
+    for subset, code, what, fold in USER_CLASHES:
         frame, dropped = _drop_clashes(frame, docs, existing, subset, code, what, fold)
         rejects += dropped
-    for subset, order, asc, code, what, fold in (
-        (["id"], ["updated_at"], [False], "duplicate_key", "userId", False),
-        (["username"], ["created_at"], [True], "duplicate_username", "username", False),
-        (["email"], ["created_at"], [True], "duplicate_email", "email (compared case-insensitively)", True),
-        (["identity_provider", "identity_provider_user_id"], ["created_at"], [True],
-         "duplicate_identity", "identity (provider, provider user id)", False),
-    ):
-        frame, dropped = _drop_duplicates(frame, docs, subset, order, asc, code, what, casefold=fold)
-        rejects += dropped
-    frame = frame.sort_values("id", kind="stable")
-    user_roles, el_rejects, el_counts = _explode(frame, docs, "_roles", "id", "role_id", _role_name)
-    user_roles = user_roles.rename(columns={"id": "user_id"}).sort_values(["user_id", "role_id"])
-    rejects += el_rejects
-    roles = sorted(set(user_roles["role_id"]))
+    return frame, rejects
+
+
+def users_explode(frame: pd.DataFrame, docs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict], dict, pd.DataFrame]:
+    """Accepted users → user_roles rows, element rejects, element counts and legacy app claims;
+    every row and reject keeps the ``_row`` of its document, so a later step can drop the
+    documents that lose a uniqueness contest."""
+    user_roles, rejects, counts = _explode(frame, docs, "_roles", "id", "role_id", _role_name)
     legacy = [
-        (app, user)
-        for user, apps in zip(frame["id"], frame["_legacy_apps"])
+        (app, user, row)
+        for user, apps, row in zip(frame["id"], frame["_legacy_apps"], frame["_row"])
         for app in {a for a in map(_legacy_app_id, apps) if a is not None}
     ]
+    legacy = pd.DataFrame(legacy, columns=["app_id", "user_id", "_row"]).astype(
+        {"app_id": "string", "user_id": "string", "_row": "int64"})
+    return user_roles.rename(columns={"id": "user_id"}), rejects, counts, legacy
+
+
+def users_result(users: pd.DataFrame, user_roles: pd.DataFrame, legacy: pd.DataFrame, docs: pd.DataFrame,
+                 rejects: list[dict], el_counts: dict) -> Result:
+    """The surviving users' row sets in their final order, with roles derived from user_roles."""
+    user_roles = user_roles.sort_values(["user_id", "role_id"], kind="stable")
+    roles = sorted(set(user_roles["role_id"]))
     tables = {
-        "users": _typed(frame, "users"),
+        "users": _typed(users.sort_values("id", kind="stable"), "users"),
         "roles": _typed(pd.DataFrame({"id": roles, "name": roles}), "roles"),
         "user_roles": _typed(user_roles, "user_roles"),
     }
-    extras = {"legacy_owners": pd.DataFrame(sorted(legacy), columns=["app_id", "user_id"]).astype("string")}
-    return _finish(docs, rejects, tables, {"arrays": {"user_roles": el_counts}}, extras)
+    pairs = legacy[["app_id", "user_id"]].drop_duplicates().sort_values(["app_id", "user_id"])
+    extras = {"legacy_owners": pairs.reset_index(drop=True).astype("string")}
+    counts = {k: v for k, v in el_counts.items() if not k.startswith("_")}
+    return _finish(docs, rejects, tables, {"arrays": {"user_roles": counts}}, extras)
+
+
+def transform_users(docs: pd.DataFrame, existing: pd.DataFrame | None = None) -> Result:
+    """users → users, roles (distinct providerRoles), user_roles; plus the legacy
+    app ownership claims (``extras['legacy_owners']``) used to back-fill app owners.
+    ``existing``: target rows outside this batch (incremental runs); they win collisions.
+    The same steps as the batched file transform (transform_task), on one frame."""
+    frame, rejects = users_accept(docs, existing)
+    losers = duplicate_plan(frame[[*USER_KEY_COLUMNS, "mongo_id", "_row"]], USER_DUPLICATES)
+    rejects += [_reject_row(docs["_doc"].iat[row], "document", None, code, reason) for row, code, reason in losers]
+    frame = frame[~frame["_row"].isin({row for row, _, _ in losers})]
+    user_roles, el_rejects, el_counts, legacy = users_explode(frame, docs)
+    return users_result(frame, user_roles, legacy, docs, rejects + el_rejects, el_counts)
 
 
 APP_RULES = {
@@ -644,6 +703,7 @@ def transform_roles(docs: pd.DataFrame, known_users: set[str], known_apps: set[s
     members, el_rejects, el_counts = _explode(frame, docs, "_members", "id", "user_id", _member_id, known_users)
     members = members.rename(columns={"id": "client_role_id"}).sort_values(["client_role_id", "user_id"])
     rejects += el_rejects
+    el_counts.pop("_wildcard_rows")
     tables = {
         "client_roles": _typed(frame, "client_roles"),
         "client_role_users": _typed(members, "client_role_users"),

@@ -5,6 +5,8 @@ import datetime as dt
 import logging
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from authmigrate import transform as tf
@@ -12,7 +14,7 @@ from authmigrate.config import RunConfig
 from authmigrate.db import connect, fetch_keys
 from authmigrate.progress import Progress
 from authmigrate.registry import COLLECTIONS
-from authmigrate.staging import collection_dir, read_frame, write_frame
+from authmigrate.staging import FrameWriter, collection_dir, read_frame, write_frame
 
 log = logging.getLogger("authmigrate")
 
@@ -28,6 +30,113 @@ def read_documents(path: str, collection: str) -> tuple[list[dict], list[dict]]:
         progress.advance(batch.num_rows)
     progress.log(final=True)
     return docs, rejects
+
+
+MIN_TRANSFORM_BATCH = 20_000  # documents per transform batch, at least (pandas has a per-call cost)
+
+
+def transform_users_batched(path: str, out, batch_size: int
+                            ) -> tuple[tf.Result, dict[str, str], dt.datetime | None, list[dict]]:
+    """The users transform on an export of any size, holding one batch of documents at a time
+    (plus the key columns of the whole collection), with exactly the result of
+    :func:`transform.transform_users` on the whole export (tests/unit/test_transform_batched.py).
+
+    1. Per batch: decode, coerce (``users_accept``) and explode; write the accepted rows with
+       their key columns, and their join rows, each tagged with the document's position.
+    2. Rank the whole collection's key columns (``duplicate_plan``): the documents that lose a
+       uniqueness contest; only those are decoded again, to explain their rejects.
+    3. Stream the accepted rows once more, leaving out the losers.
+    Returns the result (tables hold only the small ones; users and user_roles are files),
+    the paths of those files, the newest ``updatedAt`` seen and the undecodable documents' rejects."""
+    import bson
+
+    parquet = pq.ParquetFile(path)
+    progress = Progress("transform users", parquet.metadata.num_rows)
+    rejects: list[dict] = []
+    undecodable: list[dict] = []
+    element_rejects: list[dict] = []
+    wildcard_rows: list[int] = []
+    legacy_parts: list[pd.DataFrame] = []
+    decoded = position = 0
+    newest = None
+    user_cols = list(tf.TABLES["users"].columns)
+    accepted = FrameWriter(out / "users.accepted.parquet")
+    joined = FrameWriter(out / "user_roles.accepted.parquet")
+    with accepted, joined:
+        for batch in parquet.iter_batches(batch_size=max(batch_size, MIN_TRANSFORM_BATCH), columns=["bson"]):
+            positions: list[int] = []
+            docs, bad = tf.decode_documents(batch.column(0).to_pylist(), positions)
+            undecodable += bad
+            decoded += len(docs)
+            stamps = [t for t in (d.get("updatedAt") for d in docs) if isinstance(t, dt.datetime)]
+            if stamps:
+                newest = max(stamps) if newest is None else max(newest, *stamps)
+            frame = tf.documents_frame(docs, COLLECTIONS["users"].projection)
+            docs = None  # the frame keeps what the rules need
+            users, batch_rejects = tf.users_accept(frame)
+            rejects += batch_rejects
+            user_roles, el_rejects, el_counts, legacy = tf.users_explode(users, frame)
+            where = [position + i for i in positions]  # frame row → position in the export
+            typed = tf._typed(users, "users")
+            typed["_row"] = pd.array([where[r] for r in users["_row"]], dtype="int64")
+            typed["_elements"] = pd.array([len(v) for v in users["_roles"]], dtype="int64")
+            accepted.write(typed)
+            roles = tf._typed(user_roles, "user_roles")
+            roles["_row"] = pd.array([where[r] for r in user_roles["_row"]], dtype="int64")
+            joined.write(roles)
+            element_rejects += [{**r, "_row": where[r["_row"]]} for r in el_rejects]
+            wildcard_rows += [where[r] for r in el_counts["_wildcard_rows"]]
+            legacy_parts.append(legacy.assign(_row=[where[r] for r in legacy["_row"]]))
+            position += batch.num_rows
+            progress.advance(batch.num_rows)
+        accepted.close()
+        joined.close()
+    progress.log(final=True)
+
+    keys = read_frame(accepted.path, [*tf.USER_KEY_COLUMNS, "mongo_id", "_row"])
+    losers = tf.duplicate_plan(keys, tf.USER_DUPLICATES)
+    del keys
+    lost = {row for row, _, _ in losers}
+    explained = {row: (code, reason) for row, code, reason in losers}
+    position = 0
+    for batch in parquet.iter_batches(batch_size=max(batch_size, MIN_TRANSFORM_BATCH), columns=["bson"]):
+        for i in sorted(r - position for r in lost if position <= r < position + batch.num_rows):
+            code, reason = explained[position + i]
+            doc = bson.decode(batch.column(0)[i].as_py(), codec_options=tf.CODEC)
+            rejects.append(tf._reject_row(doc, "document", None, code, reason))
+        position += batch.num_rows
+    log.info("transform users: %d documents lose a uniqueness contest (duplicate key, username, email "
+             "or identity)", len(lost))
+
+    lost_array = pa.array(sorted(lost), pa.int64())
+    survivors = {}
+    elements = 0
+    for name, source in (("users", accepted.path), ("user_roles", joined.path)):
+        with FrameWriter(out / f"{name}.parquet") as writer:
+            for batch in pq.ParquetFile(source).iter_batches(batch_size=max(batch_size, MIN_TRANSFORM_BATCH)):
+                keep = pc.invert(pc.is_in(batch.column("_row"), value_set=lost_array))
+                batch = batch.filter(keep)
+                if name == "users":
+                    elements += pc.sum(batch.column("_elements")).as_py() or 0
+                columns = user_cols if name == "users" else list(tf.TABLES["user_roles"].columns)
+                writer.write(batch.select(columns).to_pandas())
+            survivors[name] = writer.close(tf._typed(pd.DataFrame(), name))
+        source.unlink()
+    role_ids = pq.read_table(survivors["user_roles"], columns=["role_id"]).column("role_id")
+    roles = sorted(pc.unique(role_ids).drop_null().to_pylist())
+    legacy = pd.concat(legacy_parts, ignore_index=True) if legacy_parts else \
+        pd.DataFrame({"app_id": [], "user_id": [], "_row": []})
+    legacy = legacy[~legacy["_row"].isin(lost)]
+    element_rejects = [r for r in element_rejects if r["_row"] not in lost]
+    counts = {"array_elements": elements, "rejected_elements": len(element_rejects),
+              "wildcard_elements": sum(1 for r in wildcard_rows if r not in lost)}
+    tables = {"roles": tf._typed(pd.DataFrame({"id": roles, "name": roles}), "roles")}
+    pairs = legacy[["app_id", "user_id"]].drop_duplicates().sort_values(["app_id", "user_id"])
+    extras = {"legacy_owners": pairs.reset_index(drop=True).astype("string")}
+    result = tf._finish(decoded, rejects + element_rejects, tables, {"arrays": {"user_roles": counts}}, extras)
+    rows = {name: pq.ParquetFile(survivors[name]).metadata.num_rows for name in ("users", "user_roles")}
+    result.counts["rows"] = {"users": rows["users"], **result.counts["rows"], "user_roles": rows["user_roles"]}
+    return result, {name: str(path) for name, path in survivors.items()}, newest, undecodable
 
 
 KEY_RULES = {"users": tf.USER_RULES["id"][1], "oauthClientApps": tf.APP_RULES["id"][1],
@@ -58,7 +167,7 @@ def _keys(cfg: RunConfig, dependency: str, upstream: dict | None) -> set[str]:
     that collection ran in full; else from the target table — in an incremental run minus
     what the source no longer has or this batch re-read, plus what this batch accepted."""
     table = COLLECTIONS[dependency].main_table
-    accepted = set(read_frame(upstream["tables"][table.name])["id"].dropna()) if upstream else set()
+    accepted = set(read_frame(upstream["tables"][table.name], ["id"])["id"].dropna()) if upstream else set()
     if upstream and upstream.get("mode") != "incremental":
         return accepted
     log.info("transform: reading %s keys from the target table %s", dependency, table.name)
@@ -84,6 +193,8 @@ def _competitors(cfg: RunConfig, collection: str, source_keys: set[str], batch_k
 
 
 def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstream: dict[str, dict | None]) -> dict:
+    if collection == "users" and exported.get("mode") != "incremental":
+        return _transform_users_file(cfg, exported)
     spec = COLLECTIONS[collection]
     docs, undecodable = read_documents(exported["path"], collection)
     frame = tf.documents_frame(docs, spec.projection)
@@ -111,6 +222,20 @@ def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstre
     else:
         result = tf.transform_roles(frame, _keys(cfg, "users", upstream.get("users")),
                                     _keys(cfg, "oauthClientApps", upstream.get("oauthClientApps")), existing)
+    stamps = [t for t in (d.get("updatedAt") for d in docs) if isinstance(t, dt.datetime)]
+    return _outputs(collection, out, result, {}, undecodable, max(stamps) if stamps else None,
+                    incremental, source_keys_path, batch_keys_path)
+
+
+def _transform_users_file(cfg: RunConfig, exported: dict) -> dict:
+    out = collection_dir(cfg, "users", "transform")
+    result, files, newest, undecodable = transform_users_batched(exported["path"], out, cfg.batch_size)
+    return _outputs("users", out, result, files, undecodable, newest, False, None, None)
+
+
+def _outputs(collection: str, out, result: tf.Result, files: dict[str, str], undecodable: list[dict],
+             newest: dt.datetime | None, incremental: bool, source_keys_path, batch_keys_path) -> dict:
+    """Write the row sets, extras and rejects; log and return what XCom carries (paths, counts)."""
     if undecodable:
         result.rejects = pd.concat([tf.rejects_frame(undecodable), result.rejects], ignore_index=True)
         result.counts["source_documents"] += len(undecodable)
@@ -118,14 +243,13 @@ def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstre
         by = result.counts["rejects_by_reason"]
         by["undecodable_document"] = by.get("undecodable_document", 0) + len(undecodable)
     tables = {name: str(write_frame(df, out / f"{name}.parquet")) for name, df in result.tables.items()}
+    tables = {t.name: files.get(t.name) or tables[t.name] for t in COLLECTIONS[collection].tables}
     extras = {name: str(write_frame(df, out / f"{name}.parquet")) for name, df in result.extras.items()}
     rejects = str(write_frame(result.rejects, out / "rejects.parquet"))
     counts = result.counts
-    stamps = [d.get("updatedAt") for d in docs]
-    stamps = [t for t in stamps if isinstance(t, dt.datetime)]
     log.info("transform %s: %d documents → rows %s; %d documents rejected; rejects by reason %s",
              collection, counts["source_documents"], counts["rows"], counts["rejected_documents"],
              counts["rejects_by_reason"])
     return {"path": str(out), "tables": tables, "extras": extras, "rejects": rejects, "counts": counts,
             "mode": "incremental" if incremental else "full", "source_keys": source_keys_path,
-            "batch_keys": batch_keys_path, "watermark_candidate": max(stamps).isoformat() if stamps else None}
+            "batch_keys": batch_keys_path, "watermark_candidate": newest.isoformat() if newest else None}

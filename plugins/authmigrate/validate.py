@@ -83,7 +83,7 @@ def batch_child_counts(conn, results: dict[str, dict]) -> dict[str, int]:
         if collection not in COLLECTIONS or r["transform"].get("mode") != "incremental":
             continue
         spec = COLLECTIONS[collection]
-        parents = read_frame(r["transform"]["tables"][spec.main_table.name])["id"].tolist()
+        parents = read_frame(r["transform"]["tables"][spec.main_table.name], ["id"])["id"].tolist()
         for join_table in (spec.arrays or {}).values():
             t = TABLES[join_table]
             out[join_table] = conn.execute(q("count_children_of", table=join_table, parent_column=t.parent_column),
@@ -154,7 +154,6 @@ def reconcile(results: dict[str, dict], counts: dict[str, int], rejects: list[tu
 
 def content_checks(conn, cfg: RunConfig, results: dict[str, dict]) -> list[Check]:
     """Field-level verification of every table this run loaded (see verify.py)."""
-    from authmigrate.staging import read_frame
     from authmigrate.verify import verify_table
 
     checks = []
@@ -162,7 +161,7 @@ def content_checks(conn, cfg: RunConfig, results: dict[str, dict]) -> list[Check
         use_schema(conn, cfg)
         for source, r in results.items():
             for name, path in r["transform"]["tables"].items():
-                ok, detail = verify_table(conn, name, read_frame(path),
+                ok, detail = verify_table(conn, name, path,
                                   full=TABLES[name].sync != "upsert" and r["transform"].get("mode") != "incremental")
                 checks.append(Check(f"content {name}", ok, detail))
     return checks

@@ -110,30 +110,58 @@ def _differences(conn, table: Table, df: pd.DataFrame, keys: list[str]) -> list[
     return out
 
 
-def verify_table(conn, table_name: str, df: pd.DataFrame, full: bool = True) -> tuple[bool, str]:
-    """Compare one table's loaded content with the transform output ``df``.
+HASH_BATCH = 50_000  # rows hashed at a time when the expected rows come from a file
+
+
+def _expected_hashes(table: Table, expected):
+    """(key, hash) pairs from a DataFrame, or streamed from a Parquet file of the transform."""
+    import pyarrow.parquet as pq
+
+    if isinstance(expected, pd.DataFrame):
+        yield from (child_hashes(table, expected) if table.sync == "children" else row_hashes(table, expected))
+        return
+    if table.sync == "children":  # a parent's children must be hashed together: two columns, whole
+        child = next(c for c in table.key if c != table.parent_column)
+        yield from child_hashes(table, pq.read_table(expected, columns=[table.parent_column, child]).to_pandas())
+        return
+    for batch in pq.ParquetFile(expected).iter_batches(batch_size=HASH_BATCH, columns=list(table.columns)):
+        yield from row_hashes(table, batch.to_pandas())
+
+
+def _expected_rows(table: Table, expected, keys: list[str]) -> pd.DataFrame:
+    if isinstance(expected, pd.DataFrame):
+        return expected
+    import pyarrow.parquet as pq
+
+    return pq.read_table(expected, filters=[(table.key[0], "in", keys)]).to_pandas()
+
+
+def verify_table(conn, table_name: str, expected, full: bool = True) -> tuple[bool, str]:
+    """Compare one table's loaded content with the transform output ``expected`` (a DataFrame,
+    or the path of its Parquet file, read in batches so memory stays bounded).
     ``full``: the export covered the whole table, so rows only in the target also mismatch."""
     table = TABLES[table_name]
     started = time.monotonic()
     children = table.sync == "children"
-    hashes = child_hashes(table, df) if children else row_hashes(table, df)
-    expected = sql.Identifier("pg_temp", f"verify_{table.name}")
-    conn.execute(q("verify_expected_drop", expected=expected))
-    conn.execute(q("verify_expected_create", expected=expected))
-    with conn.cursor() as cur, cur.copy(q("verify_expected_copy", expected=expected)) as copy:
-        for row in hashes:
+    target = sql.Identifier("pg_temp", f"verify_{table.name}")
+    conn.execute(q("verify_expected_drop", expected=target))
+    conn.execute(q("verify_expected_create", expected=target))
+    hashed = 0
+    with conn.cursor() as cur, cur.copy(q("verify_expected_copy", expected=target)) as copy:
+        for row in _expected_hashes(table, expected):
             copy.write_row(row)
+            hashed += 1
     scope = sql.SQL("") if full else sql.SQL("AND e.key IS NOT NULL")
     if children:
         child = next(c for c in table.key if c != table.parent_column)
-        bad = [r[0] for r in conn.execute(q("verify_children", expected=expected, target=table.name,
+        bad = [r[0] for r in conn.execute(q("verify_children", expected=target, target=table.name,
                                             parent=table.parent_column, child=child, scope=scope))]
     else:
-        bad = [r[0] for r in conn.execute(q("verify_rows", expected=expected, target=table.name, key=table.key[0],
+        bad = [r[0] for r in conn.execute(q("verify_rows", expected=target, target=table.name, key=table.key[0],
                                             row_text=_row_text(table), scope=scope))]
     elapsed = time.monotonic() - started
-    what = f"{len(hashes)} {'parents' if children else 'rows'} hashed and compared in {elapsed:.2f}s"
+    what = f"{hashed} {'parents' if children else 'rows'} hashed and compared in {elapsed:.2f}s"
     if not bad:
         return True, what
-    detail = bad if children else _differences(conn, table, df, bad)
+    detail = bad if children else _differences(conn, table, _expected_rows(table, expected, bad[:5]), bad)
     return False, f"{what}; first mismatches: {'; '.join(detail[:5])}"
