@@ -134,6 +134,17 @@ def task_defaults() -> dict[str, Any]:
     }
 
 
+def server_projection() -> bool:
+    """AUTHMIGRATE_SERVER_PROJECTION=true: ask MongoDB for the mapped fields only. Off by default:
+    the transform reads only mapped fields either way (and rejects show only those), and on the
+    bundled nx-27017 a projection halves the read rate (docs/performance.md); turn it on when
+    documents carry large fields outside the mapping."""
+    raw = os.environ.get("AUTHMIGRATE_SERVER_PROJECTION", "false").strip().lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no", ""):
+        raise ConfigError(f"AUTHMIGRATE_SERVER_PROJECTION must be true or false, got {raw!r}")
+    return raw in ("true", "1", "yes")
+
+
 def schedule() -> str | None:
     """Cron or preset from AUTHMIGRATE_SCHEDULE; unset means triggered by hand only."""
     return os.environ.get("AUTHMIGRATE_SCHEDULE") or None

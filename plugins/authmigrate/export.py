@@ -1,4 +1,4 @@
-"""Export: stream a MongoDB collection, in batches, with a projection, into run-scoped Parquet.
+"""Export: stream a MongoDB collection, in batches, into run-scoped Parquet.
 
 Documents are kept as raw BSON bytes (no decoding in the export, no type loss: Decimal128,
 dates and nested documents reach the transform exactly as stored). Reads are sorted by
@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 
-from authmigrate.config import ConfigError, RunConfig
+from authmigrate.config import ConfigError, RunConfig, server_projection
 from authmigrate.progress import Progress
 from authmigrate.registry import COLLECTIONS
 from authmigrate.staging import collection_dir, private_file
@@ -121,7 +121,7 @@ def export_collection(cfg: RunConfig, collection: str) -> dict:
             keys = {"path": str(folder / "keys.parquet"), "documents": kp.done}
     out = folder / "documents.parquet"
     progress = Progress(f"export {collection}", total if not query else None)
-    projection = {f: 1 for f in spec.projection}
+    projection = {f: 1 for f in spec.projection} if server_projection() else None
     cursor = coll.find(query, projection, sort=[("_id", 1)], batch_size=cfg.batch_size)
     batches = _write_raw(cursor, out, cfg.batch_size, progress)
     unmapped = unmapped_fields(coll, set(spec.projection))

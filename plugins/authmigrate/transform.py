@@ -31,6 +31,9 @@ MAX_TEXT = 65_536  # characters; longer strings in a mapped field reject the doc
 REJECT_PREVIEW = 2_000  # characters kept of each string in a reject's document
 REJECT_COLUMNS = ["source_id", "scope", "element", "reason_code", "reason", "document"]
 _SECRET_KEYS = {k.lower() for k in SECRET_FIELDS}
+# a reject shows only fields some collection maps: the export reads whole documents, and a
+# field outside the mapping (whatever it holds) is never copied into the target's rejects
+MAPPED_FIELDS = frozenset({"_id"}.union(*(c.projection for c in COLLECTIONS.values())))
 REDACTED = "[REDACTED]"
 
 CODEC = CodecOptions(
@@ -291,7 +294,7 @@ def _reject_row(doc: dict, scope: str, element: Any, code: str, reason: str, sho
             _storable(element[:200]) if isinstance(element, str) else preview(element, 200)),
         "reason_code": code,
         "reason": reason,
-        "document": render(doc) if show_doc else None,
+        "document": render({k: v for k, v in doc.items() if k in MAPPED_FIELDS}) if show_doc else None,
     }
 
 
