@@ -119,7 +119,7 @@ def transform_users_batched(path: str, out, batch_size: int
                 if name == "users":
                     elements += pc.sum(batch.column("_elements")).as_py() or 0
                 columns = user_cols if name == "users" else list(tf.TABLES["user_roles"].columns)
-                writer.write(batch.select(columns).to_pandas())
+                writer.write(tf._typed(batch.select(columns).to_pandas(), name))  # exact dtypes, e.g. Int64
             survivors[name] = writer.close(tf._typed(pd.DataFrame(), name))
         source.unlink()
     role_ids = pq.read_table(survivors["user_roles"], columns=["role_id"]).column("role_id")

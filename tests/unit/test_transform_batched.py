@@ -13,6 +13,7 @@ from bson import ObjectId
 from authmigrate import transform as tf
 from authmigrate import transform_task as tt
 from authmigrate.registry import COLLECTIONS
+from authmigrate.staging import read_frame, write_frame
 from tests.data import documents
 from tools.seed_mongo import generate
 
@@ -52,10 +53,11 @@ def test_batched_users_transform_equals_the_one_frame_transform(tmp_path, raws, 
     result, files, newest, bad = tt.transform_users_batched(str(_export(tmp_path, raws)), out, batch)
 
     assert len(bad) == 1 and bad[0]["reason_code"] == "undecodable_document"
-    for name in ("users", "user_roles"):
-        got = pq.read_table(files[name]).to_pandas()
-        assert list(got.columns) == list(whole.tables[name].columns)
-        pd.testing.assert_frame_equal(_sorted(got), _sorted(whole.tables[name]))
+    for name in ("users", "user_roles"):  # both as the load and verify read them back
+        got = read_frame(files[name])
+        want = read_frame(write_frame(whole.tables[name], tmp_path / f"{name}.whole.parquet"))
+        assert got.dtypes.to_dict() == want.dtypes.to_dict()
+        pd.testing.assert_frame_equal(_sorted(got), _sorted(want))
     pd.testing.assert_frame_equal(_sorted(result.tables["roles"]), _sorted(whole.tables["roles"]))
     pd.testing.assert_frame_equal(_sorted(result.extras["legacy_owners"]), _sorted(whole.extras["legacy_owners"]))
     pd.testing.assert_frame_equal(_sorted(result.rejects), _sorted(whole.rejects))
