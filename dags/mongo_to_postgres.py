@@ -1,8 +1,9 @@
 """
 ### mongo_to_postgres — the identity provider's MongoDB into a normalized PostgreSQL schema
 
-Per collection (`users`, `oauthClientApps`, `oauthRoles`): **export** streams the documents in
-batches into run-scoped Parquet; **transform** coerces types, de-duplicates, explodes
+Per collection (`users`, `oauthClientApps`, `oauthRoles`): **plan** fixes the export's chunks
+(`_id` ranges of `chunk_size` documents, or the whole collection); **export**, one mapped task
+per chunk, streams the documents in batches into run-scoped Parquet; **transform** coerces types, de-duplicates, explodes
 `providerRoles` and `oauthUserIds` into `user_roles` / `client_role_users`, back-fills app
 owners, and turns every bad document or element into a reject with a reason; **load** COPYs
 into staging and merges set-based in one transaction (the target equals the source again,
@@ -23,7 +24,7 @@ import pendulum
 from airflow.sdk import DAG, Param, TaskGroup, task
 
 from authmigrate import tasks
-from authmigrate.config import (DAG_ID, DEFAULT_CONN_IDS, DEFAULT_SOURCE_COLLECTIONS, SCHEMA_PATTERN, default_cache_keys,
+from authmigrate.config import (DAG_ID, DEFAULT_CONN_IDS, DEFAULT_SOURCE_COLLECTIONS, SCHEMA_PATTERN, default_cache_keys, export_parallelism,
                                 schedule, task_defaults)
 from authmigrate.registry import COLLECTIONS
 
@@ -79,6 +80,12 @@ with DAG(
             5000, type="integer", minimum=1, maximum=1_000_000, title="Batch size", section=HOW,
             description="Documents per MongoDB batch and per Parquet row group.",
         ),
+        "chunk_size": Param(
+            0, type="integer", minimum=0, maximum=100_000_000, title="Chunk size", section=HOW,
+            description="Split a collection larger than this into ObjectId _id ranges of about this many "
+                        "documents, each exported by its own task (retried alone, run in parallel up to "
+                        "AUTHMIGRATE_EXPORT_PARALLELISM). 0: one export per collection.",
+        ),
         "dry_run": Param(
             False, type="boolean", title="Dry run", section=SAFETY,
             description="Export and transform only, and report the rejects. Nothing is written to PostgreSQL.",
@@ -119,7 +126,9 @@ with DAG(
     groups = {}
     for name, spec in COLLECTIONS.items():
         with TaskGroup(group_id=name) as group:
-            export = task(task_id="export")(tasks.export)(name)
+            chunks = task(task_id="plan")(tasks.plan)(name)
+            export = task(task_id="export", max_active_tis_per_dag=export_parallelism())(tasks.export).expand(
+                chunk=chunks)
             transform = task(task_id="transform", trigger_rule="none_failed")(tasks.transform)(name)
             load = task(task_id="load", trigger_rule="none_failed")(tasks.load)(name)
             export >> transform >> load

@@ -145,6 +145,16 @@ def server_projection() -> bool:
     return raw in ("true", "1", "yes")
 
 
+def export_parallelism() -> int:
+    """AUTHMIGRATE_EXPORT_PARALLELISM: how many export chunks of one collection may run at once
+    (the mapped task's max_active_tis_per_dag; Airflow fixes it when it parses the DAG, so it
+    cannot be a trigger param)."""
+    value = int(_env_float("AUTHMIGRATE_EXPORT_PARALLELISM", 2))
+    if value < 1:
+        raise ConfigError(f"AUTHMIGRATE_EXPORT_PARALLELISM must be at least 1, got {value}")
+    return value
+
+
 def schedule() -> str | None:
     """Cron or preset from AUTHMIGRATE_SCHEDULE; unset means triggered by hand only."""
     return os.environ.get("AUTHMIGRATE_SCHEDULE") or None
@@ -158,6 +168,7 @@ class RunConfig:
     collections: tuple[str, ...]
     source_collections: dict[str, str]
     batch_size: int = 5000
+    chunk_size: int = 0
     target_schema: str = "public"
     max_reject_ratio: float = 0.05
     dry_run: bool = False
@@ -188,6 +199,9 @@ class RunConfig:
         batch_size = int(params.get("batch_size", 5000))
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        chunk_size = int(params.get("chunk_size", 0) or 0)
+        if chunk_size < 0:
+            raise ConfigError(f"chunk_size must be 0 (no chunks) or positive, got {chunk_size}")
         ratio = float(params.get("max_reject_ratio", 0.05))
         if not 0 <= ratio <= 1:
             raise ConfigError(f"max_reject_ratio must be between 0 and 1, got {ratio}")
@@ -196,6 +210,7 @@ class RunConfig:
             collections=collections,
             source_collections=sources,
             batch_size=batch_size,
+            chunk_size=chunk_size,
             target_schema=validate_identifier(params.get("target_schema", "public"), "target_schema"),
             max_reject_ratio=ratio,
             dry_run=bool(params.get("dry_run", False)),

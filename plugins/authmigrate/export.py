@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from bson import ObjectId, json_util
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 
@@ -99,34 +100,124 @@ def _write_raw(cursor, out: Path, batch_size: int, progress: Progress) -> int:
     return batches
 
 
-def export_collection(cfg: RunConfig, collection: str) -> dict:
-    spec = COLLECTIONS[collection]
+# --------------------------------------------------------------------------- chunks
+MAX_OTHER_IDS = 10_000  # documents whose _id is not an ObjectId, listed by value in their chunk
+
+
+def plan_chunks(cfg: RunConfig, collection: str) -> list[dict]:
+    """The export's key ranges, fixed up front. With ``chunk_size`` set and a larger collection,
+    a key-only walk over ``_id`` in index order (a covered index scan on MongoDB) takes every
+    ``chunk_size``-th ObjectId as a boundary: ranges of exactly ``chunk_size`` documents, the
+    last one open-ended so that documents inserted meanwhile are not lost between ranges.
+    Documents whose ``_id`` is not an ObjectId (no ObjectId range can match them) get a
+    chunk of their own, listed by value. In incremental runs the key-only pass that
+    propagates deletions is one more job. Otherwise one chunk: the whole collection."""
     coll = source_collection(cfg, collection)
     total = coll.estimated_document_count()
+    jobs: list[dict] = []
+    if cfg.mode == "incremental" and watermark(cfg, collection) is not None:
+        jobs.append({"collection": collection, "kind": "keys", "index": 0})
+    if not cfg.chunk_size or total <= cfg.chunk_size:
+        return jobs + [{"collection": collection, "kind": "all", "index": len(jobs)}]
+    progress = Progress(f"plan {collection} chunks (key-only walk)", total)
+    bounds, others, seen = [], [], 0
+    for doc in coll.find({}, {"_id": 1}, sort=[("_id", 1)], batch_size=10_000):
+        key = doc["_id"]
+        progress.advance(1)
+        if not isinstance(key, ObjectId):
+            others.append(key)
+            if len(others) > MAX_OTHER_IDS:
+                raise ConfigError(f"{collection}: more than {MAX_OTHER_IDS} documents have an _id that is not an "
+                                  f"ObjectId; export this collection without chunks (chunk_size 0)")
+            continue
+        seen += 1
+        if seen % cfg.chunk_size == 0:
+            bounds.append(str(key))
+    progress.log(final=True)
+    if bounds and seen % cfg.chunk_size == 0:
+        bounds.pop()  # the last range would be empty (it stays open-ended for late inserts)
+    edges = [None, *bounds, None]
+    for lo, hi in zip(edges, edges[1:]):
+        jobs.append({"collection": collection, "kind": "range", "index": len(jobs), "after": lo, "upto": hi})
+    if others:
+        jobs.append({"collection": collection, "kind": "other_ids", "index": len(jobs),  # XCom is JSON:
+                     "ids": json_util.dumps(others, json_options=json_util.CANONICAL_JSON_OPTIONS)})
+    log.info("export %s: %d documents in %d ranges of %d (by ObjectId _id)%s", collection, seen, len(edges) - 1,
+             cfg.chunk_size, f" and one chunk of {len(others)} documents whose _id is not an ObjectId" if others else "")
+    return jobs
+
+
+def chunk_filter(chunk: dict) -> dict:
+    """The MongoDB filter of a chunk: keyset bounds on _id (``$gt`` / ``$lte``, never ``skip``)."""
+    if chunk["kind"] == "all":
+        return {}
+    if chunk["kind"] == "other_ids":
+        return {"_id": {"$in": json_util.loads(chunk["ids"])}}
+    bounds = {"$gte": ObjectId(b"\x00" * 12)} if chunk["after"] is None else {"$gt": ObjectId(chunk["after"])}
+    if chunk["upto"] is not None:
+        bounds["$lte"] = ObjectId(chunk["upto"])
+    return {"_id": bounds}
+
+
+def export_chunk(cfg: RunConfig, chunk: dict) -> dict:
+    """Export one chunk of a collection into its own Parquet file (replaced atomically, so a
+    retried chunk rewrites only its own file)."""
+    collection = chunk["collection"]
+    spec = COLLECTIONS[collection]
+    coll = source_collection(cfg, collection)
     folder = collection_dir(cfg, collection, "export")
-    query, since, keys = {}, None, None
+    name = f"chunk-{chunk['index']:04d}"
+    if chunk["kind"] == "keys":  # every document's app id, to propagate deletions
+        progress = Progress(f"export {collection} keys", coll.estimated_document_count())
+        batch = max(cfg.batch_size, 10_000)
+        cursor = coll.find({}, {spec.key_field: 1}, sort=[("_id", 1)], batch_size=batch)
+        out = folder / "keys.parquet"
+        _write_raw(cursor, out, batch, progress)
+        return {**chunk, "path": str(out), "documents": progress.done}
+    query, since = chunk_filter(chunk), None
     if cfg.mode == "incremental":
         mark = watermark(cfg, collection)
-        if mark is None:
-            log.info("export %s: no watermark yet for schema %s, reading everything", collection, cfg.target_schema)
-        else:
+        if mark is not None:
             since = mark - dt.timedelta(seconds=cfg.overlap_seconds)
-            query = changed_since(since)
-            log.info("export %s: incremental, documents updated after %s (watermark %s minus %ss overlap)",
-                     collection, since.isoformat(), mark.isoformat(), cfg.overlap_seconds)
-            # the key-only pass: every document's app id, to propagate deletions
-            kp = Progress(f"export {collection} keys", total)
-            key_cursor = coll.find({}, {spec.key_field: 1}, sort=[("_id", 1)], batch_size=max(cfg.batch_size, 10_000))
-            _write_raw(key_cursor, folder / "keys.parquet", max(cfg.batch_size, 10_000), kp)
-            keys = {"path": str(folder / "keys.parquet"), "documents": kp.done}
-    out = folder / "documents.parquet"
-    progress = Progress(f"export {collection}", total if not query else None)
+            query = {"$and": [query, changed_since(since)]} if query else changed_since(since)
+            log.info("export %s %s: incremental, documents updated after %s (watermark %s minus %ss overlap)",
+                     collection, name, since.isoformat(), mark.isoformat(), cfg.overlap_seconds)
+        else:
+            log.info("export %s: no watermark yet for schema %s, reading everything", collection, cfg.target_schema)
+    out = folder / f"{name}.parquet"
+    progress = Progress(f"export {collection} {name}", coll.estimated_document_count() if chunk["kind"] == "all"
+                        and since is None else None)
     projection = {f: 1 for f in spec.projection} if server_projection() else None
     cursor = coll.find(query, projection, sort=[("_id", 1)], batch_size=cfg.batch_size)
     batches = _write_raw(cursor, out, cfg.batch_size, progress)
-    unmapped = unmapped_fields(coll, set(spec.projection))
-    if unmapped:
-        log.info("export %s: fields outside the mapping, ignored (counts in a sample of %d): %s",
-                 collection, UNMAPPED_SAMPLE, unmapped)
-    return {"path": str(out), "documents": progress.done, "batches": batches, "unmapped_fields": unmapped,
-            "mode": "incremental" if query else "full", "since": since.isoformat() if since else None, "keys": keys}
+    result = {**chunk, "path": str(out), "documents": progress.done, "batches": batches,
+              "mode": "incremental" if since else "full", "since": since.isoformat() if since else None}
+    if chunk["index"] == 0 or chunk["kind"] == "all":
+        result["unmapped_fields"] = unmapped_fields(coll, set(spec.projection))
+        if result["unmapped_fields"]:
+            log.info("export %s: fields outside the mapping, ignored (counts in a sample of %d): %s",
+                     collection, UNMAPPED_SAMPLE, result["unmapped_fields"])
+    return result
+
+
+def combine(chunks: list[dict]) -> dict:
+    """One collection's export as the later tasks see it: its chunk files in key order, the
+    key-only pass (incremental), and the totals."""
+    chunks = sorted((c for c in chunks if c), key=lambda c: c["index"])
+    data = [c for c in chunks if c["kind"] != "keys"]
+    keys = next((c for c in chunks if c["kind"] == "keys"), None)
+    unmapped: dict[str, int] = {}
+    for c in data:
+        for k, v in (c.get("unmapped_fields") or {}).items():
+            unmapped[k] = unmapped.get(k, 0) + v
+    return {"paths": [c["path"] for c in data], "documents": sum(c["documents"] for c in data),
+            "chunks": len(data), "chunk_documents": [c["documents"] for c in data],
+            "batches": sum(c["batches"] for c in data), "unmapped_fields": unmapped,
+            "mode": "incremental" if any(c["mode"] == "incremental" for c in data) else "full",
+            "since": next((c["since"] for c in data if c["since"]), None),
+            "keys": {"path": keys["path"], "documents": keys["documents"]} if keys else None}
+
+
+def export_collection(cfg: RunConfig, collection: str) -> dict:
+    """Every chunk of a collection, one after the other (what the mapped export tasks do in parallel)."""
+    return combine([export_chunk(cfg, chunk) for chunk in plan_chunks(cfg, collection)])

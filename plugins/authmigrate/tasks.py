@@ -45,7 +45,8 @@ def _require(cfg: RunConfig, collection: str) -> None:
 
 def _results(ti, cfg: RunConfig) -> dict[str, dict]:
     sources = [c for c in COLLECTIONS if c in cfg.collections] + (["sessions"] if cfg.sessions else [])
-    return {s: {stage: ti.xcom_pull(task_ids=f"{s}.{stage}") for stage in ("export", "transform", "load")}
+    return {s: {stage: exported(ti, s) if stage == "export" and s != "sessions" else
+                ti.xcom_pull(task_ids=f"{s}.{stage}") for stage in ("export", "transform", "load")}
             for s in sources}
 
 
@@ -79,14 +80,35 @@ def _lock_acquired_at(ti) -> float | None:
     return (ti.xcom_pull(task_ids="prepare") or {}).get("lock_acquired_at")
 
 
-@_timed
-def export(collection: str) -> dict:
-    """Stream the collection from MongoDB into run-scoped Parquet."""
+def plan(collection: str) -> list[dict]:
+    """The collection's export chunks, fixed up front (the export task is mapped over them)."""
     _, cfg = _context()
     _require(cfg, collection)
-    from authmigrate.export import export_collection
+    from authmigrate.export import plan_chunks
 
-    return export_collection(cfg, collection)
+    return plan_chunks(cfg, collection)
+
+
+@_timed
+def export(chunk: dict) -> dict:
+    """Stream one chunk of a collection from MongoDB into run-scoped Parquet."""
+    _, cfg = _context()
+    from authmigrate.export import export_chunk
+
+    return export_chunk(cfg, chunk)
+
+
+def exported(ti, collection: str) -> dict | None:
+    """The collection's export: every mapped chunk's result, combined."""
+    from authmigrate.export import combine
+
+    chunks = ti.xcom_pull(task_ids=f"{collection}.export")
+    if chunks is None:
+        return None
+    chunks = [chunks] if isinstance(chunks, dict) else list(chunks)
+    result = combine(chunks)
+    result["seconds"] = round(sum(c.get("seconds", 0) for c in chunks if c), 3)
+    return result
 
 
 @_timed
@@ -97,10 +119,9 @@ def transform(collection: str) -> dict:
     from authmigrate.transform_task import transform_collection
 
     ti = ctx["ti"]
-    exported = ti.xcom_pull(task_ids=f"{collection}.export")
     upstream = {dep: ti.xcom_pull(task_ids=f"{dep}.transform") if dep in cfg.collections else None
                 for dep in COLLECTIONS[collection].depends_on}
-    return transform_collection(cfg, collection, exported, upstream)
+    return transform_collection(cfg, collection, exported(ti, collection), upstream)
 
 
 @_timed

@@ -19,11 +19,24 @@ from authmigrate.staging import FrameWriter, collection_dir, read_frame, write_f
 log = logging.getLogger("authmigrate")
 
 
-def read_documents(path: str, collection: str) -> tuple[list[dict], list[dict]]:
-    parquet = pq.ParquetFile(path)
-    progress = Progress(f"decode {collection}", parquet.metadata.num_rows)
+def _paths(paths: str | list[str]) -> list[str]:
+    return [paths] if isinstance(paths, str) else list(paths)
+
+
+def raw_batches(paths: str | list[str], batch_size: int):
+    """The raw BSON of an export (one file, or its chunk files in key order), in batches."""
+    for path in _paths(paths):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=["bson"])
+
+
+def export_rows(paths: str | list[str]) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in _paths(paths))
+
+
+def read_documents(paths: str | list[str], collection: str) -> tuple[list[dict], list[dict]]:
+    progress = Progress(f"decode {collection}", export_rows(paths))
     docs, rejects = [], []
-    for batch in parquet.iter_batches(batch_size=10_000, columns=["bson"]):
+    for batch in raw_batches(paths, 10_000):
         d, r = tf.decode_documents(batch.column(0).to_pylist())
         docs += d
         rejects += r
@@ -35,7 +48,7 @@ def read_documents(path: str, collection: str) -> tuple[list[dict], list[dict]]:
 MIN_TRANSFORM_BATCH = 20_000  # documents per transform batch, at least (pandas has a per-call cost)
 
 
-def transform_users_batched(path: str, out, batch_size: int
+def transform_users_batched(paths: str | list[str], out, batch_size: int
                             ) -> tuple[tf.Result, dict[str, str], dt.datetime | None, list[dict]]:
     """The users transform on an export of any size, holding one batch of documents at a time
     (plus the key columns of the whole collection), with exactly the result of
@@ -50,8 +63,7 @@ def transform_users_batched(path: str, out, batch_size: int
     the paths of those files, the newest ``updatedAt`` seen and the undecodable documents' rejects."""
     import bson
 
-    parquet = pq.ParquetFile(path)
-    progress = Progress("transform users", parquet.metadata.num_rows)
+    progress = Progress("transform users", export_rows(paths))
     rejects: list[dict] = []
     undecodable: list[dict] = []
     element_rejects: list[dict] = []
@@ -63,7 +75,7 @@ def transform_users_batched(path: str, out, batch_size: int
     accepted = FrameWriter(out / "users.accepted.parquet")
     joined = FrameWriter(out / "user_roles.accepted.parquet")
     with accepted, joined:
-        for batch in parquet.iter_batches(batch_size=max(batch_size, MIN_TRANSFORM_BATCH), columns=["bson"]):
+        for batch in raw_batches(paths, max(batch_size, MIN_TRANSFORM_BATCH)):
             positions: list[int] = []
             docs, bad = tf.decode_documents(batch.column(0).to_pylist(), positions)
             undecodable += bad
@@ -99,7 +111,7 @@ def transform_users_batched(path: str, out, batch_size: int
     lost = {row for row, _, _ in losers}
     explained = {row: (code, reason) for row, code, reason in losers}
     position = 0
-    for batch in parquet.iter_batches(batch_size=max(batch_size, MIN_TRANSFORM_BATCH), columns=["bson"]):
+    for batch in raw_batches(paths, max(batch_size, MIN_TRANSFORM_BATCH)):
         for i in sorted(r - position for r in lost if position <= r < position + batch.num_rows):
             code, reason = explained[position + i]
             doc = bson.decode(batch.column(0)[i].as_py(), codec_options=tf.CODEC)
@@ -196,7 +208,7 @@ def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstre
     if collection == "users" and exported.get("mode") != "incremental":
         return _transform_users_file(cfg, exported)
     spec = COLLECTIONS[collection]
-    docs, undecodable = read_documents(exported["path"], collection)
+    docs, undecodable = read_documents(exported["paths"], collection)
     frame = tf.documents_frame(docs, spec.projection)
     out = collection_dir(cfg, collection, "transform")
     incremental = exported.get("mode") == "incremental"
@@ -229,7 +241,7 @@ def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstre
 
 def _transform_users_file(cfg: RunConfig, exported: dict) -> dict:
     out = collection_dir(cfg, "users", "transform")
-    result, files, newest, undecodable = transform_users_batched(exported["path"], out, cfg.batch_size)
+    result, files, newest, undecodable = transform_users_batched(exported["paths"], out, cfg.batch_size)
     return _outputs("users", out, result, files, undecodable, newest, False, None, None)
 
 

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "mongo_to_postgres"
 COLLECTION_NAMES = ("users", "oauthClientApps", "oauthRoles")
 # the tasks every fault test checks; the DAG's other tasks (sessions, cache, cutover) must merely not fail
-CORE_TASKS = {f"{c}.{s}" for c in COLLECTION_NAMES for s in ("export", "transform", "load")} | {"prepare", "validate"}
+CORE_TASKS = {f"{c}.{s}" for c in COLLECTION_NAMES for s in ("plan", "export", "transform", "load")} | {"prepare", "validate"}
 
 
 # --------------------------------------------------------------------------- waiting and threads
@@ -201,12 +201,12 @@ def frozen(server: MongoServer) -> Iterator[None]:
 
 
 def export_partial(staging: Path, collection: str) -> Path | None:
-    found = list(staging.glob(f"{DAG_ID}/*/{collection}/export/documents.parquet.partial"))
+    found = list(staging.glob(f"{DAG_ID}/*/{collection}/export/chunk-*.parquet.partial"))
     return found[0] if found else None
 
 
 def export_final(staging: Path, collection: str) -> Path | None:
-    found = list(staging.glob(f"{DAG_ID}/*/{collection}/export/documents.parquet"))
+    found = list(staging.glob(f"{DAG_ID}/*/{collection}/export/chunk-*.parquet"))
     return found[0] if found else None
 
 

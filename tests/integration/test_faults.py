@@ -49,7 +49,8 @@ from tests.integration.faults import (  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 
-EXPORTS = {f"{c}.export" for c in COLLECTION_NAMES}
+# the export's first step, and each collection's first task that reads MongoDB: planning its chunks
+EXPORTS = {f"{c}.plan" for c in COLLECTION_NAMES}
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from tests.data import EXPECTED_REJECTS, EXPECTED_ROWS, SECRETS, documents
 
 pytestmark = pytest.mark.integration
 
-ALL_TASKS = {f"{c}.{s}" for c in ("users", "oauthClientApps", "oauthRoles") for s in ("export", "transform", "load")}
+ALL_TASKS = {f"{c}.{s}" for c in ("users", "oauthClientApps", "oauthRoles") for s in ("plan", "export", "transform", "load")}
 ALL_TASKS |= {"prepare", "validate"}
 # off unless asked for: the session sync (sessions=False in these runs), cache invalidation, cutover
 OPTIONAL = {"sessions.export", "sessions.transform", "sessions.load", "invalidate_cache", "cutover"}
@@ -138,14 +138,15 @@ def test_collections_subset_runs_only_those_and_checks_references_in_the_target(
     before = migration.snapshot()
     migration.run(collections=["oauthRoles"])
     assert {t for t, s in migration.last_states.items() if s == "skipped"} == OPTIONAL | {
-        f"{c}.{s}" for c in ("users", "oauthClientApps") for s in ("export", "transform", "load")}
+        f"{c}.{s}" for c in ("users", "oauthClientApps") for s in ("plan", "export", "transform", "load")}
     assert migration.snapshot() == before
 
 
 def test_missing_source_collection_fails_with_a_clear_message(migration, capfd):
     migration.seed(documents())
     migration.run(expect="failed", source_oauthRoles="oauthroles")
-    assert migration.last_states["oauthRoles.export"] == "failed"
+    assert migration.last_states["oauthRoles.plan"] == "failed"  # the export's first step
+    assert migration.last_states["oauthRoles.export"] == "upstream_failed"
     assert migration.last_states["validate"] == "upstream_failed"
     out = "".join(capfd.readouterr())
     assert "collection 'oauthroles' not found" in out and "Mongoose" in out
