@@ -335,23 +335,24 @@ def find_duplicates(frame: pd.DataFrame, subset: list[str], order: list[str], as
                     casefold: bool = False) -> list[tuple[Any, tuple, Any]]:
     """Rows that lose a uniqueness contest on ``subset``: (index, key, winner's mongo_id), in rank
     order. The first row by ``order`` (then ``mongo_id``) wins; rows with a NULL in ``subset``
-    are never duplicates of each other."""
+    are never duplicates of each other. Only the contested keys are materialised."""
     if frame.empty:
         return []
-    keys = frame[subset].copy()
+    keys = frame[subset]
     if casefold:
         keys = keys.apply(lambda s: s.map(lambda v: v.casefold() if isinstance(v, str) else v))
-    ranked = frame.sort_values(order + ["mongo_id"], ascending=ascending + [True], na_position="last",
-                               kind="stable")
-    keys = keys.loc[ranked.index]
+    ranking = frame[order + ["mongo_id"]].sort_values(order + ["mongo_id"], ascending=ascending + [True],
+                                                      na_position="last", kind="stable").index
+    keys = keys.loc[ranking]
     has_all = keys.notna().all(axis=1)
     dup = keys.duplicated(keep="first") & has_all
     if not dup.any():
         return []
-    winners = ranked[~dup & has_all].assign(_k=[tuple(k) for k in keys[~dup & has_all].itertuples(index=False)])
-    winner_of = dict(zip(winners["_k"], winners["mongo_id"]))
-    return [(idx, k, winner_of[k]) for idx, k in
-            zip(ranked.index[dup.to_numpy()], map(tuple, keys[dup].itertuples(index=False)))]
+    winners = keys.duplicated(keep=False) & has_all & ~dup  # the first row of every contested key
+    winner_of = dict(zip(map(tuple, keys[winners].itertuples(index=False)),
+                         frame.loc[keys.index[winners.to_numpy()], "mongo_id"]))
+    losers = keys[dup]
+    return [(idx, k, winner_of[k]) for idx, k in zip(losers.index, map(tuple, losers.itertuples(index=False)))]
 
 
 def duplicate_reason(what: str, key: tuple, winner: Any) -> str:

@@ -120,9 +120,21 @@ def _expected_hashes(table: Table, expected):
     if isinstance(expected, pd.DataFrame):
         yield from (child_hashes(table, expected) if table.sync == "children" else row_hashes(table, expected))
         return
-    if table.sync == "children":  # a parent's children must be hashed together: two columns, whole
-        child = next(c for c in table.key if c != table.parent_column)
-        yield from child_hashes(table, pq.read_table(expected, columns=[table.parent_column, child]).to_pandas())
+    if table.sync == "children":  # a parent's children are hashed together: sort the two columns
+        # (Arrow, code-point order like PostgreSQL's COLLATE "C"), then hash slice by slice
+        import pyarrow.compute as pc
+
+        parent, child = table.parent_column, next(c for c in table.key if c != table.parent_column)
+        pairs = pq.read_table(expected, columns=[parent, child])
+        pairs = pairs.take(pc.sort_indices(pairs, sort_keys=[(parent, "ascending"), (child, "ascending")]))
+        carry = pd.DataFrame(columns=[parent, child], dtype=object)
+        for start in range(0, pairs.num_rows, HASH_BATCH):
+            part = pd.concat([carry, pairs.slice(start, HASH_BATCH).to_pandas()], ignore_index=True)
+            last = part[parent].iat[-1]  # its children may go on in the next slice
+            done = part[parent] != last
+            yield from child_hashes(table, part[done])
+            carry = part[~done]
+        yield from child_hashes(table, carry)
         return
     for batch in pq.ParquetFile(expected).iter_batches(batch_size=HASH_BATCH, columns=list(table.columns)):
         yield from row_hashes(table, batch.to_pandas())
