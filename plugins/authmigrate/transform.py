@@ -359,14 +359,19 @@ def duplicate_reason(what: str, key: tuple, winner: Any) -> str:
     return f"{what} {preview(key if len(key) > 1 else key[0])} is already used by document {winner}"
 
 
-def duplicate_plan(frame: pd.DataFrame, passes: tuple) -> list[tuple[int, str, str]]:
+def duplicate_plan(frame: pd.DataFrame, passes: tuple, decode: Callable[[str, Any], Any] | None = None
+                   ) -> list[tuple[int, str, str]]:
     """Apply the uniqueness ``passes`` (subset, order, ascending, code, what, casefold) one after
     the other; returns (``_row``, reason code, reason) of every losing row, pass by pass.
     Needs only the key, order, ``mongo_id`` and ``_row`` columns, so a whole collection's
-    keys can be ranked without its documents."""
+    keys can be ranked without its documents. ``decode(column, value)``: when the columns hold
+    order-preserving integer codes instead of values (already case-folded where a pass folds),
+    gives back the value a reason shows."""
     out = []
     for subset, order, asc, code, what, fold in passes:
-        found = find_duplicates(frame, subset, order, asc, fold)
+        found = find_duplicates(frame, subset, order, asc, fold and decode is None)
+        if decode is not None:
+            found = [(idx, tuple(decode(c, v) for c, v in zip(subset, k)), decode("mongo_id", w)) for idx, k, w in found]
         out += [(int(frame.at[idx, "_row"]), code, duplicate_reason(what, k, w)) for idx, k, w in found]
         frame = frame.drop(index=[idx for idx, _, _ in found])
     return out

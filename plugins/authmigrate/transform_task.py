@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from typing import Any, Callable
+
+import numpy as np
 
 import pandas as pd
 import pyarrow as pa
@@ -46,6 +49,35 @@ def read_documents(paths: str | list[str], collection: str) -> tuple[list[dict],
 
 
 MIN_TRANSFORM_BATCH = 20_000  # documents per transform batch, at least (pandas has a per-call cost)
+
+
+def _coded_keys(path) -> tuple[pd.DataFrame, Callable[[str, Any], Any]]:
+    """The key columns of the accepted users as integer codes (a million rows rank in a few
+    hundred MiB, not as a million Python strings per column). Codes keep the values' order
+    (code-point order, as pandas sorts Python strings); email is case-folded first, as its
+    uniqueness pass compares it. Returns the frame and ``decode(column, code) -> value``."""
+    folded = {c for subset, *_, fold in tf.USER_DUPLICATES if fold for c in subset}
+    table = pq.read_table(path, columns=[*tf.USER_KEY_COLUMNS, "mongo_id", "_row"])
+    frame, values = {}, {}
+    for name in table.column_names:
+        column = table.column(name)
+        if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+            frame[name] = column.to_pandas()
+            continue
+        encoded = pc.dictionary_encode(column).combine_chunks()
+        uniques = encoded.dictionary.to_pylist()
+        if name in folded:
+            uniques = [v.casefold() for v in uniques]
+        ordered = sorted(set(uniques))
+        rank = {v: i for i, v in enumerate(ordered)}
+        remap = np.array([rank[v] for v in uniques] or [0], dtype="int64")
+        indices = encoded.indices.to_numpy(zero_copy_only=False).astype("int64", copy=False) \
+            if encoded.indices.null_count == 0 else encoded.indices.fill_null(0).to_numpy().astype("int64")
+        codes = pd.array(remap[indices], dtype="Int64")
+        if encoded.indices.null_count:
+            codes[encoded.indices.is_null().to_numpy(zero_copy_only=False)] = pd.NA
+        frame[name], values[name] = codes, ordered
+    return pd.DataFrame(frame), lambda column, code: values[column][int(code)]
 
 
 def transform_users_batched(paths: str | list[str], out, batch_size: int
@@ -105,9 +137,9 @@ def transform_users_batched(paths: str | list[str], out, batch_size: int
         joined.close()
     progress.log(final=True)
 
-    keys = read_frame(accepted.path, [*tf.USER_KEY_COLUMNS, "mongo_id", "_row"])
-    losers = tf.duplicate_plan(keys, tf.USER_DUPLICATES)
-    del keys
+    keys, decode = _coded_keys(accepted.path)
+    losers = tf.duplicate_plan(keys, tf.USER_DUPLICATES, decode)
+    del keys, decode
     lost = {row for row, _, _ in losers}
     explained = {row: (code, reason) for row, code, reason in losers}
     position = 0
