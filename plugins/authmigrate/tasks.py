@@ -15,22 +15,6 @@ from authmigrate.registry import COLLECTIONS
 log = logging.getLogger("authmigrate")
 
 
-def _release_memory() -> None:
-    """Hand freed memory back to the OS after a task: a worker that runs several tasks in one
-    process (``airflow dags test``, some executors) would otherwise keep each task's peak."""
-    import ctypes
-    import gc
-    import sys
-
-    gc.collect()
-    if "pyarrow" in sys.modules:
-        sys.modules["pyarrow"].default_memory_pool().release_unused()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        pass
-
-
 def _timed(fn):
     """Add the task's own duration to its XCom (the report's time per task)."""
 
@@ -40,7 +24,9 @@ def _timed(fn):
         try:
             result = fn(*args, **kwargs)
         finally:
-            _release_memory()
+            from authmigrate.memory import release
+
+            release()
         if isinstance(result, dict):
             result["seconds"] = round(time.monotonic() - started, 3)
         return result

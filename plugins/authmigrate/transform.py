@@ -359,20 +359,19 @@ def duplicate_reason(what: str, key: tuple, winner: Any) -> str:
     return f"{what} {preview(key if len(key) > 1 else key[0])} is already used by document {winner}"
 
 
-def duplicate_plan(frame: pd.DataFrame, passes: tuple, decode: Callable[[str, Any], Any] | None = None
-                   ) -> list[tuple[int, str, str]]:
+def duplicate_plan(frame: pd.DataFrame, passes: tuple, coded: bool = False) -> list[tuple]:
     """Apply the uniqueness ``passes`` (subset, order, ascending, code, what, casefold) one after
     the other; returns (``_row``, reason code, reason) of every losing row, pass by pass.
     Needs only the key, order, ``mongo_id`` and ``_row`` columns, so a whole collection's
-    keys can be ranked without its documents. ``decode(column, value)``: when the columns hold
-    order-preserving integer codes instead of values (already case-folded where a pass folds),
-    gives back the value a reason shows."""
+    keys can be ranked without its documents. ``coded``: the columns hold order-preserving
+    integer codes (already case-folded where a pass folds) instead of values; then each entry
+    is (``_row``, reason code, (what, subset, key codes, winner's mongo_id code)) and the caller
+    words the reason (:func:`duplicate_reason`) once it has decoded the codes."""
     out = []
     for subset, order, asc, code, what, fold in passes:
-        found = find_duplicates(frame, subset, order, asc, fold and decode is None)
-        if decode is not None:
-            found = [(idx, tuple(decode(c, v) for c, v in zip(subset, k)), decode("mongo_id", w)) for idx, k, w in found]
-        out += [(int(frame.at[idx, "_row"]), code, duplicate_reason(what, k, w)) for idx, k, w in found]
+        found = find_duplicates(frame, subset, order, asc, fold and not coded)
+        out += [(int(frame.at[idx, "_row"]), code, (what, subset, k, w) if coded else duplicate_reason(what, k, w))
+                for idx, k, w in found]
         frame = frame.drop(index=[idx for idx, _, _ in found])
     return out
 

@@ -5,7 +5,6 @@ import datetime as dt
 import logging
 from typing import Any, Callable
 
-import numpy as np
 
 import pandas as pd
 import pyarrow as pa
@@ -15,6 +14,7 @@ import pyarrow.parquet as pq
 from authmigrate import transform as tf
 from authmigrate.config import RunConfig
 from authmigrate.db import connect, fetch_keys
+from authmigrate.memory import release
 from authmigrate.progress import Progress
 from authmigrate.registry import COLLECTIONS
 from authmigrate.staging import FrameWriter, collection_dir, read_frame, write_frame
@@ -51,33 +51,64 @@ def read_documents(paths: str | list[str], collection: str) -> tuple[list[dict],
 MIN_TRANSFORM_BATCH = 20_000  # documents per transform batch, at least (pandas has a per-call cost)
 
 
-def _coded_keys(path) -> tuple[pd.DataFrame, Callable[[str, Any], Any]]:
-    """The key columns of the accepted users as integer codes (a million rows rank in a few
-    hundred MiB, not as a million Python strings per column). Codes keep the values' order
-    (code-point order, as pandas sorts Python strings); email is case-folded first, as its
-    uniqueness pass compares it. Returns the frame and ``decode(column, code) -> value``."""
-    folded = {c for subset, *_, fold in tf.USER_DUPLICATES if fold for c in subset}
-    table = pq.read_table(path, columns=[*tf.USER_KEY_COLUMNS, "mongo_id", "_row"])
-    frame, values = {}, {}
-    for name in table.column_names:
-        column = table.column(name)
-        if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
-            frame[name] = column.to_pandas()
+def _casefold(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Python's str.casefold (what the one-frame transform compares emails with), in Arrow:
+    lower-casing equals case-folding for ASCII; only the other values go through Python."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    lowered = pc.utf8_lower(column)
+    other = pc.invert(pc.fill_null(pc.string_is_ascii(column), True))
+    if not pc.any(other).as_py():
+        return lowered
+    picked = column.filter(other).to_pylist()
+    return pc.replace_with_mask(lowered, other, pa.array([v.casefold() for v in picked], column.type))
+
+
+KEY_FRAME = [*tf.USER_KEY_COLUMNS, "mongo_id", "_row"]
+FOLDED = {c for subset, *_, fold in tf.USER_DUPLICATES if fold for c in subset}
+
+
+def _distinct(path, name: str) -> tuple[pa.ChunkedArray, pa.Array]:
+    """A key column (case-folded if its pass folds) and its distinct values in code-point order
+    (the order pandas sorts Python strings in)."""
+    column = pq.read_table(path, columns=[name]).column(name)
+    if name in FOLDED:
+        column = _casefold(column)
+    distinct = pc.unique(column).drop_null()
+    return column, distinct.take(pc.sort_indices(distinct))
+
+
+def _coded_keys(path) -> pd.DataFrame:
+    """The key columns of the accepted users as integer codes: a million rows rank in tens of
+    MiB, with no Python string per value. A code is the value's position among the column's
+    distinct values, so codes sort like the values (see :func:`_decoded`)."""
+    frame = {}
+    for name in KEY_FRAME:  # a column at a time: Parquet decoding is greedy
+        release()
+        if name in ("created_at", "updated_at", "_row"):
+            frame[name] = pq.read_table(path, columns=[name]).column(name).to_pandas()
             continue
-        encoded = pc.dictionary_encode(column).combine_chunks()
-        uniques = encoded.dictionary.to_pylist()
-        if name in folded:
-            uniques = [v.casefold() for v in uniques]
-        ordered = sorted(set(uniques))
-        rank = {v: i for i, v in enumerate(ordered)}
-        remap = np.array([rank[v] for v in uniques] or [0], dtype="int64")
-        indices = encoded.indices.to_numpy(zero_copy_only=False).astype("int64", copy=False) \
-            if encoded.indices.null_count == 0 else encoded.indices.fill_null(0).to_numpy().astype("int64")
-        codes = pd.array(remap[indices], dtype="Int64")
-        if encoded.indices.null_count:
-            codes[encoded.indices.is_null().to_numpy(zero_copy_only=False)] = pd.NA
-        frame[name], values[name] = codes, ordered
-    return pd.DataFrame(frame), lambda column, code: values[column][int(code)]
+        column, distinct = _distinct(path, name)
+        frame[name] = pc.index_in(column, value_set=distinct).to_pandas(types_mapper={pa.int32(): pd.Int64Dtype()}.get)
+    release()
+    return pd.DataFrame(frame)
+
+
+def _decoded(path, losers: list[tuple]) -> list[tuple[int, str, str]]:
+    """Word the reasons of a coded :func:`transform.duplicate_plan`: the codes it names, decoded
+    one column at a time once the ranking frame is gone."""
+    wanted: dict[str, set[int]] = {}
+    for _, _, (_, subset, key, winner) in losers:
+        for column, code in zip(subset, key):
+            wanted.setdefault(column, set()).add(int(code))
+        wanted.setdefault("mongo_id", set()).add(int(winner))
+    values: dict[str, dict[int, Any]] = {}
+    for column, codes in wanted.items():
+        _, distinct = _distinct(path, column)
+        values[column] = {code: distinct[code].as_py() for code in codes}
+        release()
+    return [(row, code, tf.duplicate_reason(what, tuple(values[c][int(v)] for c, v in zip(subset, key)),
+                                            values["mongo_id"][int(winner)]))
+            for row, code, (what, subset, key, winner) in losers]
 
 
 def transform_users_batched(paths: str | list[str], out, batch_size: int
@@ -136,10 +167,13 @@ def transform_users_batched(paths: str | list[str], out, batch_size: int
         accepted.close()
         joined.close()
     progress.log(final=True)
+    release()
 
-    keys, decode = _coded_keys(accepted.path)
-    losers = tf.duplicate_plan(keys, tf.USER_DUPLICATES, decode)
-    del keys, decode
+    keys = _coded_keys(accepted.path)
+    losers = tf.duplicate_plan(keys, tf.USER_DUPLICATES, coded=True)
+    del keys
+    release()
+    losers = _decoded(accepted.path, losers)
     lost = {row for row, _, _ in losers}
     explained = {row: (code, reason) for row, code, reason in losers}
     position = 0

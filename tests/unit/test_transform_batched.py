@@ -27,6 +27,12 @@ def _export(tmp_path, raws: list[bytes]):
 @pytest.fixture(scope="module")
 def raws() -> list[bytes]:
     docs = documents()["users"] + generate(1500, seed=7, dirty_ratio=0.25)["users"]
+    # emails equal only under str.casefold (not under lower()): ß folds to ss; an ASCII pair too
+    base = {k: v for k, v in documents()["users"][0].items() if k not in ("_id", "providerRoles")}
+    for n, email in ((990001, "STRASSE@Example.com"), (990002, "straße@example.com"),
+                     (990003, "Zoë@Example.com"), (990004, "ZOË@EXAMPLE.COM")):
+        docs.insert(n % 7 * 200, {**base, "userId": f"000000{n}", "username": f"u{n}", "email": email,
+                                  "identityProviderUserId": None, "createdAt": base["createdAt"]})
     out = []
     for i, d in enumerate(docs):
         d = {**d, "_id": d.get("_id", ObjectId(f"{i:024x}"))}
@@ -47,6 +53,8 @@ def test_batched_users_transform_equals_the_one_frame_transform(tmp_path, raws, 
     docs, undecodable = tf.decode_documents(raws)
     whole = tf.transform_users(tf.documents_frame(docs, COLLECTIONS["users"].projection))
     assert whole.counts["rejected_documents"] > 50 and len(undecodable) == 1  # the data is dirty enough
+    folded = whole.rejects[whole.rejects["reason"].str.contains("'strasse@example.com'|'zoë@example.com'")]
+    assert len(folded) == 2, "the case-folded email pairs are duplicates"
 
     out = tmp_path / "out"
     out.mkdir()
