@@ -437,18 +437,18 @@ def _explode(frame: pd.DataFrame, docs: pd.DataFrame, array_col: str, parent_col
     parents, children, rows, rejects = [], [], [], []
     elements = wildcards = 0
     wild_rows: list[int] = []
+    sources = docs["_doc"]  # the documents, looked up only to explain a reject
     for parent, values, row in zip(frame[parent_col], frame[array_col], frame["_row"]):
         seen: set[str] = set()
         for el in values:
             elements += 1
-            doc = docs["_doc"].iat[row]
             try:
                 key = element_fn(el)
             except Reject as r:
-                rejects.append({**_reject_row(doc, "element", el, r.code, r.reason), "_row": row})
+                rejects.append({**_reject_row(sources.iat[row], "element", el, r.code, r.reason), "_row": row})
                 continue
             if key in seen:
-                rejects.append({**_reject_row(doc, "element", el, "duplicate_element",
+                rejects.append({**_reject_row(sources.iat[row], "element", el, "duplicate_element",
                                               f"{preview(el)} appears more than once in the array"), "_row": row})
                 continue
             seen.add(key)
@@ -457,7 +457,7 @@ def _explode(frame: pd.DataFrame, docs: pd.DataFrame, array_col: str, parent_col
                 wild_rows.append(row)
                 continue
             if known is not None and key not in known:
-                rejects.append({**_reject_row(doc, "element", el, "dangling_user",
+                rejects.append({**_reject_row(sources.iat[row], "element", el, "dangling_user",
                                               f"user {preview(key)} does not exist (or was rejected)"), "_row": row})
                 continue
             parents.append(parent)
@@ -640,8 +640,9 @@ def transform_apps(docs: pd.DataFrame, known_users: set[str], legacy_owners: pd.
     claims = legacy_owners.groupby("app_id")["user_id"].agg(lambda s: sorted(set(s))).to_dict() \
         if len(legacy_owners) else {}
     owners, backfilled = [], 0
+    sources = docs["_doc"]
     for app, owner, row in zip(frame["id"], frame["owner_user_id"], frame["_row"]):
-        doc = docs["_doc"].iat[row]
+        doc = sources.iat[row]
         if owner is not None:
             if owner not in known_users:
                 rejects.append(_reject_row(doc, "field", owner, "dangling_owner",

@@ -83,7 +83,6 @@ def _coded_keys(path) -> pd.DataFrame:
     distinct values, so codes sort like the values (see :func:`_decoded`)."""
     frame = {}
     for name in KEY_FRAME:  # a column at a time: Parquet decoding is greedy
-        release()
         if name in ("created_at", "updated_at", "_row"):
             frame[name] = pq.read_table(path, columns=[name]).column(name).to_pandas()
             continue
@@ -105,7 +104,6 @@ def _decoded(path, losers: list[tuple]) -> list[tuple[int, str, str]]:
     for column, codes in wanted.items():
         _, distinct = _distinct(path, column)
         values[column] = {code: distinct[code].as_py() for code in codes}
-        release()
     return [(row, code, tf.duplicate_reason(what, tuple(values[c][int(v)] for c, v in zip(subset, key)),
                                             values["mongo_id"][int(winner)]))
             for row, code, (what, subset, key, winner) in losers]
