@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import platform
@@ -48,6 +49,7 @@ PG_ADMIN = os.environ.get("AUTHMIGRATE_BENCH_PG", "postgresql://postgres@127.0.0
 REDIS_CONN = os.environ.get("AUTHMIGRATE_BENCH_REDIS", "redis://127.0.0.1:6379?db=14")
 MONGO_DB = "idp"
 COLLECTIONS = ("users", "oauthClientApps", "oauthRoles")
+DAG_ID = "mongo_to_postgres"
 DAG_CONF = {"sessions": False, "max_reject_ratio": 0.1}
 DLT_VENV = ROOT / ".bench" / "dlt-venv"
 DLT_REQUIREMENTS = ("dlt[postgres]==1.31.0", "pymongo==4.20.1")
@@ -670,6 +672,64 @@ class Bench:
                 "docs_per_second": round(detail["documents_total"] / m["wall_seconds"], 1),
                 "rows_per_second": round(detail["rows_total"] / m["wall_seconds"], 1)}
 
+    def run_parallel(self, parallelism: int) -> dict:
+        """Our DAG under a real Airflow (LocalExecutor, metadata DB on the local PostgreSQL, the
+        stack of `make airflow`), the users collection in ``--parallel-chunks`` export chunks, at
+        most ``parallelism`` of them at once (AUTHMIGRATE_EXPORT_PARALLELISM). Returns the run's
+        wall time and the users export phase: first chunk start to last chunk end."""
+        from tools.airflow_stack import AirflowStack
+        from tools.mongo_server import free_port
+
+        db = self.dbs.create("parallel", parallelism)
+        meta = f"authmigrate_bench_{self.dbs.tag}_meta_{parallelism}"
+        chunk = -(-self.args.users // self.args.parallel_chunks)
+        env = airflow_env(self.work, self.mongo.port, db, self.work / f"reports-parallel-{parallelism}")
+        keep = ("AIRFLOW_CONN_", "AUTHMIGRATE_")
+        stack = AirflowStack(self.work / f"airflow-stack-{parallelism}", port=free_port(), db_name=meta,
+                             pg_admin=PG_ADMIN, extra_env={
+                                 **{k: v for k, v in env.items() if k.startswith(keep)},
+                                 "AUTHMIGRATE_EXPORT_PARALLELISM": str(parallelism)})
+        try:
+            stack.start(timeout=240)
+            stack.wait_for_dag()
+            token = stack.token()
+            status, body = stack.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False}, token=token)
+            assert status == 200, (status, body)
+            conf = {**DAG_CONF, "chunk_size": chunk}
+            status, run = stack.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns",
+                                        {"logical_date": None, "conf": conf}, token=token)
+            assert status in (200, 201), (status, run)
+            run_id = run["dag_run_id"]
+            deadline = time.monotonic() + self.args.timeout
+            while run.get("state") not in ("success", "failed") and time.monotonic() < deadline:
+                time.sleep(2)
+                status, body = stack.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}", token=token)
+                if status == 401:  # tokens expire; a long run outlives one
+                    token = stack.token()
+                elif status == 200:
+                    run = body
+            status, tis = stack.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances?limit=500",
+                                        token=token)
+        except Exception as exc:  # noqa: BLE001 - the other parts of the bench still count
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            stack.stop()
+            stack.drop_database()
+
+        def ts(value: str) -> float:
+            return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+        exports = [t for t in tis["task_instances"] if t["task_id"] == "users.export" and t.get("end_date")]
+        if run["state"] != "success" or not exports:
+            return {"error": f"run {run_id} ended {run['state']}", "task_instances": tis}
+        phase = max(ts(t["end_date"]) for t in exports) - min(ts(t["start_date"]) for t in exports)
+        return {"parallelism": parallelism, "chunk_size": chunk, "chunks": len(exports),
+                "wall_seconds": round(ts(run["end_date"]) - ts(run["start_date"]), 2),
+                "users_export_phase_seconds": round(phase, 2),
+                "users_export_chunk_seconds": [round(t["duration"], 2) for t in exports],
+                "tasks": {t["task_id"] + (f"[{t['map_index']}]" if t["map_index"] >= 0 else ""):
+                          t["duration"] for t in tis["task_instances"] if t.get("duration") is not None}}
+
     # -- the whole thing -------------------------------------------------------------------
     def run(self) -> dict:
         args = self.args
@@ -697,6 +757,19 @@ class Bench:
                     systems["dlt"] = {"runs": [], "median": None, "repeats": 0, "error": error}
                 else:
                     systems["dlt"] = self.repeat("dlt", lambda i: self.run_dlt(i, python))
+            if "parallel" not in args.skip:
+                runs = {}
+                for parallelism in (1, 2):
+                    self.log(f"parallel: our DAG under LocalExecutor, {args.parallel_chunks} users export chunks, "
+                             f"{parallelism} at a time ...")
+                    runs[parallelism] = self.run_parallel(parallelism)
+                    self.log(f"parallel {parallelism}: {runs[parallelism].get('error') or runs[parallelism]}")
+                ok = all(not r.get("error") for r in runs.values())
+                self.results["parallel"] = {
+                    "runs": runs,
+                    "export_speedup_1_to_2": round(runs[1]["users_export_phase_seconds"]
+                                                   / runs[2]["users_export_phase_seconds"], 2) if ok else None,
+                    "wall_speedup_1_to_2": round(runs[1]["wall_seconds"] / runs[2]["wall_seconds"], 2) if ok else None}
             if args.profile:
                 self.log("profile: one more run of ours under py-spy (not measured) ...")
                 prof = self.run_ours(0, profile=True)
@@ -900,6 +973,20 @@ def to_markdown(r: dict) -> str:
     dlt = (r["systems"].get("dlt") or {}).get("median")
     if dlt:
         lines += [f"dlt phases: {dlt['phases']} (import {dlt['seconds_import']} s); tables: {dlt['tables']}", ""]
+    par = r.get("parallel")
+    if par:
+        lines += ["Chunked export under a real Airflow (LocalExecutor, metadata DB on the local PostgreSQL): the "
+                  "users collection in export chunks, 1 or 2 at a time (`AUTHMIGRATE_EXPORT_PARALLELISM`):", "",
+                  "| chunks at a time | chunk size | chunks | users export phase s | chunk s | run wall s |",
+                  "|---:|---:|---:|---:|---|---:|"]
+        for p_, run in par["runs"].items():
+            if run.get("error"):
+                lines.append(f"| {p_} | — | — | error: {str(run['error'])[:200]} | | |")
+            else:
+                lines.append(f"| {p_} | {run['chunk_size']:,} | {run['chunks']} | {run['users_export_phase_seconds']} "
+                             f"| {', '.join(map(str, run['users_export_chunk_seconds']))} | {run['wall_seconds']} |")
+        lines += ["", f"Speed-up from 1 to 2 chunks at a time: users export phase {par['export_speedup_1_to_2']}×, "
+                      f"whole run {par['wall_speedup_1_to_2']}×.", ""]
     prof = r.get("profile")
     if prof and not prof.get("error"):
         lines += [f"Profile of ours (py-spy, wall clock incl. waits, {prof['samples']} samples; run took "
@@ -986,7 +1073,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=None,
                         help="runs per system (default: 3 when its first run took under a minute, else 1)")
     parser.add_argument("--out", default="bench-results", help="folder for bench.json / bench.md / bench.png")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: floor,ours,naive,dlt,probe")
+    parser.add_argument("--skip", default="",
+                        help="comma-separated parts to skip: floor,ours,naive,dlt,probe,parallel")
+    parser.add_argument("--parallel-chunks", type=int, default=4,
+                        help="users export chunks in the LocalExecutor runs (parallel part)")
     parser.add_argument("--profile", action="store_true", help="one extra run of ours under py-spy")
     parser.add_argument("--timeout", type=float, default=3600, help="kill a measured run after this many seconds")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (.bench/work-*): logs, data")
