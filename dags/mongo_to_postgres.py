@@ -3,12 +3,13 @@
 
 Per collection (`users`, `oauthClientApps`, `oauthRoles`): **plan** fixes the export's chunks
 (`_id` ranges of `chunk_size` documents, or the whole collection); **export**, one mapped task
-per chunk, streams the documents in batches into run-scoped Parquet; **transform** coerces types, de-duplicates, explodes
-`providerRoles` and `oauthUserIds` into `user_roles` / `client_role_users`, back-fills app
-owners, and turns every bad document or element into a reject with a reason; **load** COPYs
-into staging and merges set-based in one transaction (the target equals the source again,
-deletions included). **validate** fails the run on orphan rows, on a constraint or index
-missing from the catalog, on counts that do not reconcile, or on too many rejects.
+per chunk, streams the documents in batches into run-scoped Parquet; **transform** coerces
+types, de-duplicates, explodes `providerRoles` and `oauthUserIds` into `user_roles` /
+`client_role_users`, back-fills app owners, and turns every bad document or element into a
+reject with a reason; **load** COPYs into staging and merges set-based in one transaction (the
+target equals the source again, deletions included). **validate** fails the run on orphan
+rows, on a constraint or index missing from the catalog, on counts that do not reconcile, or on
+too many rejects.
 
 **Reading the result**: the `validate` task's log holds the report (rows per table, changes,
 rejects per reason with examples, time per task, every check); the same report is in
@@ -24,8 +25,8 @@ import pendulum
 from airflow.sdk import DAG, Param, TaskGroup, task
 
 from authmigrate import tasks
-from authmigrate.config import (DAG_ID, DEFAULT_CONN_IDS, DEFAULT_SOURCE_COLLECTIONS, SCHEMA_PATTERN, default_cache_keys, export_parallelism,
-                                schedule, task_defaults)
+from authmigrate.config import (DAG_ID, DEFAULT_CONN_IDS, DEFAULT_SOURCE_COLLECTIONS, SCHEMA_PATTERN,
+                                default_cache_keys, export_parallelism, schedule, task_defaults)
 from authmigrate.registry import COLLECTIONS
 
 WHAT, HOW, SAFETY, CONNECTIONS = "What to migrate", "How", "Safety", "Connections"

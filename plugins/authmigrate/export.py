@@ -142,8 +142,9 @@ def plan_chunks(cfg: RunConfig, collection: str) -> list[dict]:
     if others:
         jobs.append({"collection": collection, "kind": "other_ids", "index": len(jobs),  # XCom is JSON:
                      "ids": json_util.dumps(others, json_options=json_util.CANONICAL_JSON_OPTIONS)})
+    rest = f" and one chunk of {len(others)} documents whose _id is not an ObjectId" if others else ""
     log.info("export %s: %d documents in %d ranges of %d (by ObjectId _id)%s", collection, seen, len(edges) - 1,
-             cfg.chunk_size, f" and one chunk of {len(others)} documents whose _id is not an ObjectId" if others else "")
+             cfg.chunk_size, rest)
     return jobs
 
 
