@@ -8,12 +8,12 @@ pipeline hands it back: what a phase frees is then available to the next one.
 from __future__ import annotations
 
 import ctypes
-import gc
 import sys
 
 
 def release() -> None:
-    gc.collect()
+    """No ``gc.collect()``: the data is freed by reference counting, and a full collection in a
+    large process (a test session, ``airflow dags test``) costs up to a second per call."""
     if "pyarrow" in sys.modules:
         sys.modules["pyarrow"].default_memory_pool().release_unused()
     try:

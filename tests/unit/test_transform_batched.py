@@ -47,7 +47,7 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(list(df.columns), key=lambda s: s.map(repr)).reset_index(drop=True)
 
 
-@pytest.mark.parametrize("batch", [1, 97, 100_000])
+@pytest.mark.parametrize("batch", [7, 97, 100_000])
 def test_batched_users_transform_equals_the_one_frame_transform(tmp_path, raws, monkeypatch, batch):
     monkeypatch.setattr(tt, "MIN_TRANSFORM_BATCH", 1)
     docs, undecodable = tf.decode_documents(raws)
