@@ -217,8 +217,3 @@ def combine(chunks: list[dict]) -> dict:
             "mode": "incremental" if any(c["mode"] == "incremental" for c in data) else "full",
             "since": next((c["since"] for c in data if c["since"]), None),
             "keys": {"path": keys["path"], "documents": keys["documents"]} if keys else None}
-
-
-def export_collection(cfg: RunConfig, collection: str) -> dict:
-    """Every chunk of a collection, one after the other (what the mapped export tasks do in parallel)."""
-    return combine([export_chunk(cfg, chunk) for chunk in plan_chunks(cfg, collection)])

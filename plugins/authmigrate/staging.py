@@ -56,8 +56,8 @@ class FrameWriter:
     """Append DataFrames (one row group each) to a Parquet file that appears, owner-only and
     complete, at ``path`` only when the writer is closed without error."""
 
-    def __init__(self, path: Path, schema: pa.Schema | None = None):
-        self.path, self.schema, self.rows = Path(path), schema, 0
+    def __init__(self, path: Path):
+        self.path, self.schema = Path(path), None
         self._tmp = self.path.with_suffix(self.path.suffix + ".partial")
         self._fh = private_file(self._tmp)
         self._writer = None
@@ -68,7 +68,6 @@ class FrameWriter:
             self.schema = table.schema
             self._writer = pq.ParquetWriter(self._fh, self.schema)
         self._writer.write_table(table)
-        self.rows += len(df)
 
     def close(self, empty: pd.DataFrame | None = None) -> Path:
         """Finish the file; ``empty`` gives the columns when nothing was written."""

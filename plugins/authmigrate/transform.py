@@ -581,16 +581,25 @@ def users_result(users: pd.DataFrame, user_roles: pd.DataFrame, legacy: pd.DataF
                  rejects: list[dict], el_counts: dict) -> Result:
     """The surviving users' row sets in their final order, with roles derived from user_roles."""
     user_roles = user_roles.sort_values(["user_id", "role_id"], kind="stable")
-    roles = sorted(set(user_roles["role_id"]))
     tables = {
         "users": _typed(users.sort_values("id", kind="stable"), "users"),
-        "roles": _typed(pd.DataFrame({"id": roles, "name": roles}), "roles"),
+        "roles": roles_table(set(user_roles["role_id"])),
         "user_roles": _typed(user_roles, "user_roles"),
     }
-    pairs = legacy[["app_id", "user_id"]].drop_duplicates().sort_values(["app_id", "user_id"])
-    extras = {"legacy_owners": pairs.reset_index(drop=True).astype("string")}
     counts = {k: v for k, v in el_counts.items() if not k.startswith("_")}
-    return _finish(docs, rejects, tables, {"arrays": {"user_roles": counts}}, extras)
+    return _finish(docs, rejects, tables, {"arrays": {"user_roles": counts}}, legacy_owners_extra(legacy))
+
+
+def roles_table(role_ids) -> pd.DataFrame:
+    """The roles row set: one row per distinct provider role, named after itself."""
+    roles = sorted(role_ids)
+    return _typed(pd.DataFrame({"id": roles, "name": roles}), "roles")
+
+
+def legacy_owners_extra(legacy: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The distinct (app, user) ownership claims of the surviving users, sorted."""
+    pairs = legacy[["app_id", "user_id"]].drop_duplicates().sort_values(["app_id", "user_id"])
+    return {"legacy_owners": pairs.reset_index(drop=True).astype("string")}
 
 
 def transform_users(docs: pd.DataFrame, existing: pd.DataFrame | None = None) -> Result:

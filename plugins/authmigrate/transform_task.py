@@ -199,17 +199,15 @@ def transform_users_batched(paths: str | list[str], out, batch_size: int
             survivors[name] = writer.close(tf._typed(pd.DataFrame(), name))
         source.unlink()
     role_ids = pq.read_table(survivors["user_roles"], columns=["role_id"]).column("role_id")
-    roles = sorted(pc.unique(role_ids).drop_null().to_pylist())
     legacy = pd.concat(legacy_parts, ignore_index=True) if legacy_parts else \
         pd.DataFrame({"app_id": [], "user_id": [], "_row": []})
     legacy = legacy[~legacy["_row"].isin(lost)]
     element_rejects = [r for r in element_rejects if r["_row"] not in lost]
     counts = {"array_elements": elements, "rejected_elements": len(element_rejects),
               "wildcard_elements": sum(1 for r in wildcard_rows if r not in lost)}
-    tables = {"roles": tf._typed(pd.DataFrame({"id": roles, "name": roles}), "roles")}
-    pairs = legacy[["app_id", "user_id"]].drop_duplicates().sort_values(["app_id", "user_id"])
-    extras = {"legacy_owners": pairs.reset_index(drop=True).astype("string")}
-    result = tf._finish(decoded, rejects + element_rejects, tables, {"arrays": {"user_roles": counts}}, extras)
+    tables = {"roles": tf.roles_table(pc.unique(role_ids).drop_null().to_pylist())}
+    result = tf._finish(decoded, rejects + element_rejects, tables, {"arrays": {"user_roles": counts}},
+                        tf.legacy_owners_extra(legacy))
     rows = {name: pq.ParquetFile(survivors[name]).metadata.num_rows for name in ("users", "user_roles")}
     result.counts["rows"] = {"users": rows["users"], **result.counts["rows"], "user_roles": rows["user_roles"]}
     return result, {name: str(path) for name, path in survivors.items()}, newest, undecodable
