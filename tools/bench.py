@@ -313,6 +313,8 @@ def airflow_env(work: Path, mongo_port: int, pg_db: str | None, report_dir: Path
         "AIRFLOW_CONN_REDIS_DEFAULT": REDIS_CONN,
         "AUTHMIGRATE_STAGING_DIR": str(work / "staging"),
         "AUTHMIGRATE_RETRIES": "0",  # a failure is a failure: no retry inside a measurement
+        # the worker setting every deployment of this project ships (plugins/authmigrate/memory.py)
+        "ARROW_DEFAULT_MEMORY_POOL": os.environ.get("BENCH_ARROW_POOL", "jemalloc"),
     })
     if pg_db:
         env["AIRFLOW_CONN_POSTGRES_DEFAULT"] = "postgres://" + PG_ADMIN.split("://", 1)[1].rsplit("/", 1)[0] + f"/{pg_db}"
@@ -366,16 +368,29 @@ def parse_task_spans(log_path: str | Path, started_epoch: float, wall: float) ->
     if not events:
         return {}
     spans: dict[str, float] = {}
+    intervals: dict[str, list[list[float]]] = {}
     opened: dict[str, float] = {}
     for t, kind, task in events:
         if kind == "starting":
             opened[task] = t
         elif task in opened:
-            spans[task] = round(spans.get(task, 0.0) + t - opened.pop(task), 3)
+            start = opened.pop(task)
+            spans[task] = round(spans.get(task, 0.0) + t - start, 3)
+            intervals.setdefault(task, []).append([round(start, 2), round(t, 2)])
     first, last = events[0][0], max(t for t, kind, _ in events if kind == "end task")
     between = (last - first) - sum(spans.values())
     return {"startup": round(first, 3), "tasks": spans, "between_tasks": round(between, 3),
-            "shutdown": round(wall - last, 3)}
+            "shutdown": round(wall - last, 3), "intervals": intervals}
+
+
+def task_peaks(timeline: dict, samples: list[tuple[float, int]]) -> dict[str, int]:
+    """Peak RSS (bytes) sampled while each task ran (its span in ``timeline``): where the peak is."""
+    peaks: dict[str, int] = {}
+    for task, spans in (timeline.get("intervals") or {}).items():
+        inside = [rss for t, rss in samples if any(a <= t <= b for a, b in spans)]
+        if inside:
+            peaks[task] = max(inside)
+    return peaks
 
 
 # --------------------------------------------------------------------------------------------
@@ -538,7 +553,16 @@ class Bench:
         from tools.mongo_server import MongoServer, free_port
         from tools.seed_mongo import seed
 
-        self.mongo = MongoServer(self.work / "mongo", free_port()).start()
+        folder = Path(self.args.source).resolve() if self.args.source else self.work / "mongo"
+        marker = folder / "seeded.json"
+        self.mongo = MongoServer(folder, free_port()).start()
+        if marker.exists() and json.loads(marker.read_text()).get("users") == self.args.users:
+            seeded = json.loads(marker.read_text())
+            self.results.update(seed_seconds=seeded["seconds"], documents=seeded["counts"],
+                                documents_total=sum(seeded["counts"].values()), source_reused=str(folder))
+            self.log(f"nx-27017 on port {self.mongo.port}: reusing {folder}, seeded with {self.args.users:,} users")
+            return
+        marker.unlink(missing_ok=True)
         self.log(f"nx-27017 on port {self.mongo.port}; seeding {self.args.users:,} users ...")
         t0 = time.monotonic()
         counts = seed(self.mongo.uri, MONGO_DB, self.args.users)
@@ -546,6 +570,9 @@ class Bench:
         self.results["documents"] = counts
         self.results["documents_total"] = sum(counts.values())
         self.log(f"seeded {counts} in {self.results['seed_seconds']}s")
+        if self.args.source:
+            marker.write_text(json.dumps({"users": self.args.users, "seconds": self.results["seed_seconds"],
+                                          "counts": counts}))
 
     def probe_source(self) -> None:
         """How fast nx-27017 serves the users collection: raw BSON, plain scan vs the export's query
@@ -638,6 +665,7 @@ class Bench:
                 "task_seconds_total": round(task_sum, 2),
                 "outside_tasks_seconds": round(m["wall_seconds"] - task_sum, 2),
                 "timeline": timeline,
+                "task_peak_rss_bytes": task_peaks(timeline, m["memory_samples"]),
                 "validate_span_seconds": validate_span,
                 # the whole validate task as Airflow ran it (checks + report files), not only its checks
                 "validate_share_of_wall": round(validate_span / m["wall_seconds"], 4)}
@@ -946,20 +974,24 @@ def to_markdown(r: dict) -> str:
                   "run's report.md (validate's excludes writing the report files); *span*: the task as "
                   "`airflow dags test` ran it, from its log (body + task set-up, XCom, state updates; the first "
                   "task also starts the in-process execution API):", "",
-                  "| phase | body s | span s | span share of wall |", "|---|---:|---:|---:|"]
+                  "| phase | body s | span s | span share of wall | peak RSS MiB during the span |",
+                  "|---|---:|---:|---:|---:|"]
+        peaks = ours.get("task_peak_rss_bytes") or {}
         tl = ours.get("timeline") or {}
         if tl:
             lines.append(f"| start-up: interpreter, imports, DAG parse + serialisation, dag run | — | "
-                         f"{tl['startup']:.2f} | {100 * tl['startup'] / wall:.1f} % |")
+                         f"{tl['startup']:.2f} | {100 * tl['startup'] / wall:.1f} % | — |")
         names = sorted(set(spans) | set(ours["tasks"]), key=lambda t: -(spans.get(t, ours["tasks"].get(t, 0))))
         for t in names:
             body, span = ours["tasks"].get(t), spans.get(t)
             lines.append(f"| {t} | {'—' if body is None else f'{body:.2f}'} | {'—' if span is None else f'{span:.2f}'} | "
-                         f"{'—' if span is None else f'{100 * span / wall:.1f} %'} |")
+                         f"{'—' if span is None else f'{100 * span / wall:.1f} %'} | "
+                         f"{f'{peaks[t] / MIB:,.0f}' if t in peaks else '—'} |")
         if tl:
-            lines.append(f"| between tasks | — | {tl['between_tasks']:.2f} | {100 * tl['between_tasks'] / wall:.1f} % |")
-            lines.append(f"| shut-down after the last task | — | {tl['shutdown']:.2f} | {100 * tl['shutdown'] / wall:.1f} % |")
-        lines.append(f"| **total** | {ours['task_seconds_total']:.2f} | {wall:.2f} | 100 % |")
+            lines.append(f"| between tasks | — | {tl['between_tasks']:.2f} | {100 * tl['between_tasks'] / wall:.1f} % | — |")
+            lines.append(f"| shut-down after the last task | — | {tl['shutdown']:.2f} | {100 * tl['shutdown'] / wall:.1f} % | — |")
+        lines.append(f"| **total** | {ours['task_seconds_total']:.2f} | {wall:.2f} | 100 % | "
+                     f"{ours['peak_rss_bytes'] / MIB:,.0f} |")
         lines += ["", "Rows per table (ours): " + ", ".join(f"{k} {v:,}" for k, v in ours["tables"].items()), ""]
     if r.get("source_probe"):
         lines += ["Source probe — nx-27017 serving the users collection as raw BSON, no PostgreSQL involved:", "",
@@ -1079,6 +1111,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="users export chunks in the LocalExecutor runs (parallel part)")
     parser.add_argument("--profile", action="store_true", help="one extra run of ours under py-spy")
     parser.add_argument("--timeout", type=float, default=3600, help="kill a measured run after this many seconds")
+    parser.add_argument("--source", default=None,
+                        help="nx-27017 data folder kept between benches: seeded once per --users, then reused "
+                             "(the seeding takes ~3 min at 1,000,000 users)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (.bench/work-*): logs, data")
     args = parser.parse_args(argv)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
