@@ -4,5 +4,7 @@
 FROM apache/airflow:3.3.2-python3.11
 
 USER airflow
+# Arrow's jemalloc pool hands freed memory back; the default (mimalloc) keeps it (plugins/authmigrate/memory.py).
+ENV ARROW_DEFAULT_MEMORY_POOL=jemalloc
 COPY --chown=airflow:0 requirements.txt /requirements.txt
 RUN pip install --no-cache-dir -r /requirements.txt

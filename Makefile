@@ -22,6 +22,8 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export PYTHONPATH := $(CURDIR)/plugins:$(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+# Arrow's jemalloc pool hands freed memory back; its default (mimalloc) keeps it (plugins/authmigrate/memory.py).
+export ARROW_DEFAULT_MEMORY_POOL ?= jemalloc
 
 DEMO_CONNS := AIRFLOW_CONN_MONGO_DEFAULT=mongo://127.0.0.1:$(MONGO_PORT)/idp \
 	AIRFLOW_CONN_POSTGRES_DEFAULT=postgres://postgres@127.0.0.1:5432/$(DEMO_DB) \

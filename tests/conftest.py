@@ -23,6 +23,8 @@ os.environ.update({
     "AUTHMIGRATE_RETRIES": "1",
     "AUTHMIGRATE_RETRY_DELAY_SECONDS": "0.2",
     "AUTHMIGRATE_MAX_RETRY_DELAY_SECONDS": "1",
+    # what every deployment of the project sets (plugins/authmigrate/memory.py)
+    "ARROW_DEFAULT_MEMORY_POOL": "jemalloc",
 })
 for var in [v for v in os.environ if v.startswith("AIRFLOW_CONN_")]:
     del os.environ[var]

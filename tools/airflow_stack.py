@@ -198,6 +198,7 @@ class AirflowStack:
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             "PYTHONPATH": ":".join(dict.fromkeys(pythonpath)),
+            "ARROW_DEFAULT_MEMORY_POOL": env.get("ARROW_DEFAULT_MEMORY_POOL", "jemalloc"),  # memory.py
             "AUTHMIGRATE_STAGING_DIR": self.extra_env.get("AUTHMIGRATE_STAGING_DIR",
                                                           str(self.state_dir / "staging")),
         })

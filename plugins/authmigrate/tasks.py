@@ -20,6 +20,9 @@ def _timed(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from authmigrate.memory import tune
+
+        tune()
         started = time.monotonic()
         try:
             result = fn(*args, **kwargs)
