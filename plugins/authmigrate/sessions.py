@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections import Counter
+from typing import Container
 
 import pandas as pd
 import pyarrow as pa
@@ -23,7 +24,7 @@ from authmigrate.config import RunConfig
 from authmigrate.progress import Progress
 from authmigrate.registry import SESSION_KINDS
 from authmigrate.staging import collection_dir, read_frame, write_frame, write_table
-from authmigrate.transform import Reject, Result, _typed, rejects_frame
+from authmigrate.transform import Reject, Result, _typed, known_among, rejects_frame
 
 log = logging.getLogger("authmigrate")
 UTC = dt.timezone.utc
@@ -104,11 +105,13 @@ def _created_at(value: str | None) -> dt.datetime | None:
         raise Reject("malformed_hash", f"createdAt {value[:40]!r} is not Unix seconds") from None
 
 
-def transform_sessions(exported: pd.DataFrame, known_users: set[str], known_apps: set[str], read_at: float) -> Result:
+def transform_sessions(exported: pd.DataFrame, known_users: Container[str], known_apps: Container[str],
+                       read_at: float) -> Result:
     """One ``sessions`` row per live session key; rejects for malformed keys or hashes, wrong
     types, unknown users or apps; invalid IPs become NULL plus a field reject."""
     rows, rejects = [], []
     expired = 0
+    known_users = known_among(known_users, (k.partition(":")[2].partition(":")[0] for k in exported["key"]))
     for key, status, fields_json, pttl in zip(exported["key"], exported["status"], exported["fields"],
                                               exported["pttl"]):
         fields = json.loads(fields_json) if fields_json else {}

@@ -236,14 +236,15 @@ def _read_keys(path: str | None) -> set[str]:
     return set(read_frame(path)["key"].dropna()) if path else set()
 
 
-def _keys(cfg: RunConfig, dependency: str, upstream: dict | None) -> set[str]:
+def _keys(cfg: RunConfig, dependency: str, upstream: dict | None) -> tf.KeySet | set[str]:
     """Keys of a collection this transform references. From this run's transform output when
-    that collection ran in full; else from the target table — in an incremental run minus
-    what the source no longer has or this batch re-read, plus what this batch accepted."""
+    that collection ran in full (an Arrow :class:`transform.KeySet`: no Python string per
+    key); else from the target table — in an incremental run minus what the source no longer
+    has or this batch re-read, plus what this batch accepted."""
     table = COLLECTIONS[dependency].main_table
-    accepted = set(read_frame(upstream["tables"][table.name], ["id"])["id"].dropna()) if upstream else set()
     if upstream and upstream.get("mode") != "incremental":
-        return accepted
+        return tf.KeySet(pq.read_table(upstream["tables"][table.name], columns=["id"]).column("id"))
+    accepted = set(read_frame(upstream["tables"][table.name], ["id"])["id"].dropna()) if upstream else set()
     log.info("transform: reading %s keys from the target table %s", dependency, table.name)
     with connect(cfg) as conn:
         in_target = fetch_keys(conn, cfg, table.name, "id")

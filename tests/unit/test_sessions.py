@@ -4,8 +4,11 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pyarrow as pa
+import pytest
 
 from authmigrate.sessions import session_id, transform_sessions
+from authmigrate.transform import KeySet
 
 USERS, APPS = {"000000000001"}, {"100001"}
 
@@ -18,7 +21,9 @@ def row(key, fields, status="ok", pttl=60_000):
     return (key, status, json.dumps(fields), 0, pttl)
 
 
-def test_sessions_rows_and_rejects():
+@pytest.mark.parametrize("keys", [set, lambda s: KeySet(pa.array(sorted(s), pa.large_string()))],
+                         ids=["python-set", "arrow-keyset"])
+def test_sessions_rows_and_rejects(keys):
     result = transform_sessions(frame([
         row("psid:000000000001:s1", {"deviceType": "Firefox", "ipAddr": " 10.0.0.1 ", "createdAt": "1700000000"}),
         row("osid:000000000001:s2", {"oauthClientAppId": "100001", "createdAt": "1700000000"}, pttl=-1),
@@ -32,7 +37,7 @@ def test_sessions_rows_and_rejects():
         row("psid:000000000001:s7", {"createdAt": "yesterday"}),
         row("psid:000000000001:gone", {}, status="expired", pttl=-2),
         row("psid:000000000001:str", {}, status="wrong_type"),
-    ]), USERS, APPS, read_at=1_700_000_000.0)
+    ]), keys(USERS), keys(APPS), read_at=1_700_000_000.0)
     sessions = result.tables["sessions"]
     assert sorted(sessions["kind"]) == ["login", "login", "oauth_access", "oauth_refresh"]
     assert list(sessions["id"]) == sorted(sessions["id"])

@@ -29,6 +29,7 @@ from collections import Counter  # noqa: E402
 
 import bson  # noqa: E402
 import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
 from bson import Decimal128, ObjectId  # noqa: E402
 from bson.datetime_ms import DatetimeMS  # noqa: E402
 from bson.int64 import Int64  # noqa: E402
@@ -221,6 +222,11 @@ def run(collection: str, docs: list[dict], *args) -> tf.Result:
     return tf.TRANSFORMS[collection](frame, *args)
 
 
+def key_set(keys: set[str]) -> tf.KeySet:
+    """The known keys as the transform task passes them: Arrow, as read from Parquet."""
+    return tf.KeySet(pa.chunked_array([pa.array(sorted(keys), pa.large_string())]))
+
+
 def nulls_as_none(values) -> list:
     return [None if (not isinstance(v, (list, dict)) and pd.isna(v)) else v for v in values]
 
@@ -339,6 +345,7 @@ def test_apps_batch_invariants(docs, known_users, legacy, data):
     assert 0 <= r.counts["owners_backfilled"] <= sum(o is not None for o in owners)
     shuffled_legacy = legacy.iloc[::-1].reset_index(drop=True)
     check_deterministic(docs, r, lambda d: run("oauthClientApps", d, known_users, shuffled_legacy), data)
+    assert_same(r, run("oauthClientApps", docs, key_set(known_users), legacy))  # the task passes a KeySet
     check_storable(r)
 
 
@@ -360,6 +367,7 @@ def test_roles_batch_invariants(docs, known_users, known_apps, data):
         source = tf.array("oauthUserIds")(by_id[mongo_id].get("oauthUserIds"))
         assert grants == ("*" in source), mongo_id
     check_deterministic(docs, r, lambda d: run("oauthRoles", d, known_users, known_apps), data)
+    assert_same(r, run("oauthRoles", docs, key_set(known_users), key_set(known_apps)))
     check_storable(r)
 
 
