@@ -167,9 +167,8 @@ def transform_users_batched(paths: str | list[str], out, batch_size: int
     progress.log(final=True)
     release()
 
-    keys = _coded_keys(accepted.path)
-    losers = tf.duplicate_plan(keys, tf.USER_DUPLICATES, coded=True)
-    del keys
+    # the coded frame goes in as a temporary: each pass's copy then replaces it, never two held
+    losers = tf.duplicate_plan(_coded_keys(accepted.path), tf.USER_DUPLICATES, coded=True)
     release()
     losers = _decoded(accepted.path, losers)
     lost = {row for row, _, _ in losers}
