@@ -48,6 +48,38 @@ def row_hashes(table: Table, df: pd.DataFrame) -> list[tuple[str, str]]:
     return [(k, hashlib.md5("".join(parts).encode()).hexdigest()) for k, parts in zip(keys, zip(*columns))]
 
 
+def _canonical_arrow(column, kind: str):
+    """:func:`_canonical_column` in Arrow, for a column read from a transform file."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if kind == "timestamp":  # the pandas rule, so that units and time zones convert exactly alike
+        return pa.array(_canonical_column(column.to_pandas(), kind), pa.large_string())
+    def s(text: str):
+        return pa.scalar(text, pa.large_string())
+
+    if kind in ("text", "inet"):
+        text = column.cast(pa.large_string())
+        out = pc.binary_join_element_wise(pc.utf8_length(text).cast(pa.large_string()), text, s(":"))
+    elif kind == "bool":
+        out = pc.if_else(column, s("1"), s("0"))
+    else:
+        out = column.cast(pa.int64()).cast(pa.large_string())
+    return pc.fill_null(out, s("~"))
+
+
+def row_hashes_arrow(table: Table, batch) -> list[tuple[str, str]]:
+    """:func:`row_hashes` of an Arrow record batch: the canonical text is built column by column
+    in Arrow, and only the md5 runs per row (a million users: ~2 s instead of ~5.5 s)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    parts = [_canonical_arrow(batch.column(c), k) for c, k in table.columns.items()]
+    text = pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string())).cast(pa.large_binary())
+    md5 = hashlib.md5
+    return [(k, md5(t).hexdigest()) for k, t in zip(batch.column(table.key[0]).to_pylist(), text.to_pylist())]
+
+
 def child_hashes(table: Table, df: pd.DataFrame) -> list[tuple[str, str]]:
     """Per parent: md5 of its children's ``<length>:<key>`` joined by commas, in code-point
     order (PostgreSQL side: ``ORDER BY ... COLLATE "C"``)."""
@@ -137,7 +169,7 @@ def _expected_hashes(table: Table, expected):
         yield from child_hashes(table, carry)
         return
     for batch in pq.ParquetFile(expected).iter_batches(batch_size=HASH_BATCH, columns=list(table.columns)):
-        yield from row_hashes(table, batch.to_pandas())
+        yield from row_hashes_arrow(table, batch)
 
 
 def _expected_rows(table: Table, expected, keys: list[str]) -> pd.DataFrame:

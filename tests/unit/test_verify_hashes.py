@@ -37,3 +37,44 @@ def test_row_hashes_from_a_file_equal_the_whole_frame(tmp_path, monkeypatch, sli
     users = transform_users(documents_frame(documents()["users"], COLLECTIONS["users"].projection)).tables["users"]
     path = write_frame(users, tmp_path / "users.parquet")
     assert list(verify._expected_hashes(TABLES["users"], str(path))) == verify.row_hashes(TABLES["users"], users)
+
+
+# ------------------------------------------------------------------ the Arrow row hashes
+import datetime as dt  # noqa: E402
+
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from authmigrate.registry import Table  # noqa: E402
+
+EVERY_KIND = Table("every_kind", key=("id",), columns={
+    "id": "text", "name": "text", "ip": "inet", "flag": "bool", "count": "int", "at": "timestamp"})
+ROW = st.fixed_dictionaries({
+    "name": st.one_of(st.none(), st.text(alphabet=st.characters(blacklist_categories=("Cs",),
+                                                                blacklist_characters="\x00"), max_size=6)),
+    "ip": st.one_of(st.none(), st.sampled_from(["10.0.0.1", "::1", "2001:db8::7"])),
+    "flag": st.one_of(st.none(), st.booleans()),
+    "count": st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
+    "at": st.one_of(st.none(), st.datetimes(min_value=dt.datetime(1, 1, 1), max_value=dt.datetime(9999, 12, 31),
+                                            timezones=st.just(dt.timezone.utc))),
+})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(ROW, min_size=1, max_size=12))
+def test_arrow_row_hashes_equal_the_pandas_rule_for_every_kind_of_value(tmp_path_factory, rows):
+    """Unicode of every plane, empty text, NULLs, int64 extremes, timestamps from year 1 to 9999:
+    the file path (Arrow) hashes exactly like the DataFrame path (and so like PostgreSQL)."""
+    from authmigrate import transform as tf
+
+    frame = pd.DataFrame([{"id": f"{i:04d}", **r} for i, r in enumerate(rows)], dtype=object)
+    tables, tf.TABLES = tf.TABLES, {**tf.TABLES, "every_kind": EVERY_KIND}  # typed as the transform types
+    try:  # (no monkeypatch fixture: hypothesis runs many examples per test function call)
+        typed = tf._typed(frame, "every_kind")
+    finally:
+        tf.TABLES = tables
+    path = write_frame(typed, tmp_path_factory.mktemp("h") / "every_kind.parquet")
+    batch = next(pq.ParquetFile(path).iter_batches())
+    assert isinstance(batch, pa.RecordBatch)
+    assert verify.row_hashes_arrow(EVERY_KIND, batch) == verify.row_hashes(EVERY_KIND, typed)
