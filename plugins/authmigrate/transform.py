@@ -15,7 +15,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, compress
 from typing import Any, Callable, Container, Iterable, Iterator
 
 import pandas as pd
@@ -292,8 +292,11 @@ class KeySet:
 
     def among(self, candidates: Iterable[Any]) -> set[str]:
         """The keys among ``candidates`` (anything but a string is never a key)."""
-        wanted = pa.array(list({c for c in candidates if isinstance(c, str)}), self.keys.type)
-        return set(wanted.filter(pc.is_in(wanted, value_set=self.keys)).to_pylist())
+        wanted = [c for c in candidates if isinstance(c, str)]
+        if not wanted:
+            return set()
+        found = pc.is_in(pa.array(wanted, self.keys.type), value_set=self.keys).to_numpy(zero_copy_only=False)
+        return set(compress(wanted, found))  # the candidates' own string objects: no copies
 
     def __contains__(self, key: object) -> bool:
         if self._all is None:
