@@ -122,13 +122,15 @@ def decode_documents(raws: Iterable[bytes], positions: list[int] | None = None) 
     return docs, rejects
 
 
-def documents_frame(docs: list[dict], projection: Iterable[str]) -> pd.DataFrame:
+def documents_frame(docs: list[dict], projection: Iterable[str], raws: list[bytes] | None = None) -> pd.DataFrame:
     """One object column per projected field (no type inference: one odd document cannot
-    change the dtype of its whole batch), plus ``_id`` (hex) and ``_doc``."""
+    change the dtype of its whole batch), plus ``_id`` (hex) and ``_doc``: the documents, or,
+    given ``raws``, their raw BSON (a third of a decoded document's memory; decoded again only
+    to word a reject)."""
     columns: dict[str, Any] = {"_id": pd.Series([source_id(d) for d in docs], dtype=object)}
     for f in projection:
         columns[f] = pd.Series([d.get(f) for d in docs], dtype=object)
-    columns["_doc"] = pd.Series(docs, dtype=object)
+    columns["_doc"] = pd.Series(docs if raws is None else raws, dtype=object)
     return pd.DataFrame(columns)
 
 
@@ -333,7 +335,12 @@ def _storable(text: str | None) -> str | None:
     return None if text is None else text.replace("\x00", "\u2400")
 
 
-def _reject_row(doc: dict, scope: str, element: Any, code: str, reason: str, show_doc: bool = True) -> dict:
+def _reject_row(doc: dict | bytes, scope: str, element: Any, code: str, reason: str, show_doc: bool = True) -> dict:
+    """``doc``: the document, or its raw BSON (see :func:`documents_frame`)."""
+    if isinstance(doc, (bytes, bytearray)):
+        import bson
+
+        doc = bson.decode(doc, codec_options=CODEC)
     return {
         "source_id": _storable(source_id(doc)),
         "scope": scope,

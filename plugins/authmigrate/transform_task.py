@@ -48,6 +48,24 @@ def read_documents(paths: str | list[str], collection: str) -> tuple[list[dict],
     return docs, rejects
 
 
+def read_documents_frame(paths: str | list[str], collection: str) -> tuple[pd.DataFrame, list[dict]]:
+    """The export as the transform's documents frame, decoded a batch at a time: only the
+    mapped fields stay decoded, ``_doc`` holds the raw BSON. Plus the undecodable documents'
+    rejects."""
+    projection = COLLECTIONS[collection].projection
+    progress = Progress(f"decode {collection}", export_rows(paths))
+    parts, rejects = [], []
+    for batch in raw_batches(paths, 10_000):
+        raws, positions = batch.column(0).to_pylist(), []
+        docs, bad = tf.decode_documents(raws, positions)
+        parts.append(tf.documents_frame(docs, projection, [raws[i] for i in positions]))
+        rejects += bad
+        progress.advance(batch.num_rows)
+    progress.log(final=True)
+    frame = pd.concat(parts, ignore_index=True) if parts else tf.documents_frame([], projection)
+    return frame, rejects
+
+
 MIN_TRANSFORM_BATCH = 10_000  # documents per transform batch, at least (pandas has a per-call cost);
 # 20,000 raised the 1M-user transform's peak by ~50 MiB and left ~70 MiB more behind, for no speed
 
@@ -271,8 +289,7 @@ def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstre
     if collection == "users" and exported.get("mode") != "incremental":
         return _transform_users_file(cfg, exported)
     spec = COLLECTIONS[collection]
-    docs, undecodable = read_documents(exported["paths"], collection)
-    frame = tf.documents_frame(docs, spec.projection)
+    frame, undecodable = read_documents_frame(exported["paths"], collection)
     out = collection_dir(cfg, collection, "transform")
     incremental = exported.get("mode") == "incremental"
     existing = None
@@ -287,7 +304,7 @@ def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstre
         batch_keys_path = str(write_frame(pd.DataFrame({"key": sorted(batch_keys)}, dtype="string"),
                                           out / "batch_keys.parquet"))
         log.info("transform %s: incremental batch of %d documents; %d keys in the source; %d target rows "
-                 "checked for collisions", collection, len(docs), len(source_keys), len(existing))
+                 "checked for collisions", collection, len(frame), len(source_keys), len(existing))
     if collection == "users":
         result = tf.transform_users(frame, existing)
     elif collection == "oauthClientApps":
@@ -297,7 +314,7 @@ def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstre
     else:
         result = tf.transform_roles(frame, _keys(cfg, "users", upstream.get("users")),
                                     _keys(cfg, "oauthClientApps", upstream.get("oauthClientApps")), existing)
-    stamps = [t for t in (d.get("updatedAt") for d in docs) if isinstance(t, dt.datetime)]
+    stamps = [t for t in frame.get("updatedAt", ()) if isinstance(t, dt.datetime)]
     return _outputs(collection, out, result, {}, undecodable, max(stamps) if stamps else None,
                     incremental, source_keys_path, batch_keys_path)
 
