@@ -95,6 +95,7 @@ airflow-stop:
 
 # Benchmark (not part of `make test`): ours vs the floor, the naive way and dlt on the same seeded data.
 #   make bench BENCH_USERS=200000 [BENCH_RUNS=1] [BENCH_ARGS=--profile]   → bench-results/bench.{json,md,png}
+#   BENCH_ARGS: --profile, --source DIR (reuse a seeded nx-27017), --peak-reference bench-results-100k/bench.json
 BENCH_USERS ?= 200000
 BENCH_RUNS  ?=
 BENCH_ARGS  ?=

@@ -817,7 +817,10 @@ class Bench:
                 self.log(f"could not drop every bench database: {exc}")
             if not args.keep:
                 shutil.rmtree(self.work, ignore_errors=True)
-        self.results["ratios"], self.results["targets"] = ratios_and_targets(systems)
+        reference = peak_reference(args.peak_reference)
+        if reference:
+            self.results["peak_reference"] = reference
+        self.results["ratios"], self.results["targets"] = ratios_and_targets(systems, reference)
         self.results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         return self.results
 
@@ -860,7 +863,18 @@ def uptime() -> str:
         return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def ratios_and_targets(systems: dict) -> tuple[dict, list[dict]]:
+def peak_reference(path: str | None) -> dict | None:
+    """Ours' median peak RSS from an earlier bench.json (``--peak-reference``), e.g. at N = 100,000."""
+    if not path:
+        return None
+    earlier = json.loads(Path(path).read_text())
+    median = ((earlier.get("systems") or {}).get("ours") or {}).get("median")
+    if not median:
+        raise SystemExit(f"{path}: no measured run of ours to compare peaks with")
+    return {"path": str(path), "n_users": earlier["n_users"], "peak_rss_bytes": median["peak_rss_bytes"]}
+
+
+def ratios_and_targets(systems: dict, reference: dict | None = None) -> tuple[dict, list[dict]]:
     med = {name: (s or {}).get("median") for name, s in systems.items()}
     ours, floor, dlt, naive = (med.get(k) for k in ("ours", "floor", "dlt", "naive"))
     ratios: dict = {}
@@ -890,6 +904,11 @@ def ratios_and_targets(systems: dict) -> tuple[dict, list[dict]]:
     peak = ours["peak_rss_bytes"] / GIB if ours else None
     target("peak RSS of ours ≤ 1 GiB", "≤ 1.0 GiB", None if peak is None else round(peak, 3),
            None if peak is None else peak <= 1.0)
+    if reference and ours:
+        grow = round(ours["peak_rss_bytes"] / reference["peak_rss_bytes"], 2)
+        ratios["peak_over_reference_peak"] = grow
+        target(f"peak RSS ≤ 1.5× the peak at N = {reference['n_users']:,} "
+               f"({reference['peak_rss_bytes'] / MIB:,.0f} MiB)", "≤ 1.5", grow, grow <= 1.5)
     share = ours["validate_share_of_wall"] if ours else None
     target("validation ≤ 10 % of total", "≤ 10 %", None if share is None else f"{100 * share:.1f} %",
            None if share is None else share <= 0.10)
@@ -1094,12 +1113,35 @@ def to_png(r: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def report_main(argv: list[str]) -> int:
+    """``python -m tools.bench report DIR --peak-reference FILE``: recompute the targets of an
+    earlier bench (DIR/bench.json), e.g. once the N = 100,000 reference exists, and rewrite
+    DIR/bench.{json,md,png}. Nothing is measured again."""
+    parser = argparse.ArgumentParser(prog="python -m tools.bench report")
+    parser.add_argument("folder")
+    parser.add_argument("--peak-reference", default=None)
+    args = parser.parse_args(argv)
+    out = Path(args.folder)
+    results = json.loads((out / "bench.json").read_text())
+    reference = peak_reference(args.peak_reference)
+    if reference:
+        results["peak_reference"] = reference
+    results["ratios"], results["targets"] = ratios_and_targets(results["systems"], reference)
+    (out / "bench.json").write_text(json.dumps(results, indent=2))  # samples are downsampled already
+    (out / "bench.md").write_text(to_markdown(results) + "\n")
+    to_png(results, out / "bench.png")
+    print((out / "bench.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "_floor":
         return floor_main(argv[1:])
     if argv and argv[0] == "_naive":
         return naive_main(argv[1:])
+    if argv and argv[0] == "report":
+        return report_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=200_000, help="users to seed (apps N/20, roles N/10)")
     parser.add_argument("--runs", type=int, default=None,
@@ -1114,6 +1156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default=None,
                         help="nx-27017 data folder kept between benches: seeded once per --users, then reused "
                              "(the seeding takes ~3 min at 1,000,000 users)")
+    parser.add_argument("--peak-reference", default=None,
+                        help="a bench.json measured at a smaller N (e.g. 100,000): adds the target "
+                             "'peak RSS ≤ 1.5× the peak there'")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (.bench/work-*): logs, data")
     args = parser.parse_args(argv)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}

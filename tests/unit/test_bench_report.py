@@ -1,0 +1,54 @@
+"""The benchmark's bookkeeping (tools/bench.py): task spans from `airflow dags test`'s log, the
+peak memory per task, and the targets, including peak growth against a smaller N."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from tools import bench
+
+T0 = dt.datetime(2026, 11, 25, 3, 0, 0, tzinfo=dt.timezone.utc)
+
+
+def _line(seconds: float, kind: str, task: str) -> str:
+    stamp = (T0 + dt.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{stamp} [info     ] [DAG TEST] {kind} task_id={task} map_index=-1 [airflow.sdk.definitions.dag]"
+
+
+def test_spans_and_the_peak_rss_of_each_task(tmp_path):
+    log = tmp_path / "ours.log"
+    log.write_text("\n".join([
+        "2026-11-25T03:00:01.000000Z [info     ] unrelated line",
+        _line(2, "starting", "users.export"), _line(10, "end task", "users.export"),
+        _line(10, "starting", "users.transform"), _line(20, "end task", "users.transform"),
+    ]))
+    timeline = bench.parse_task_spans(log, T0.timestamp(), wall=21.0)
+    assert timeline["tasks"] == {"users.export": 8.0, "users.transform": 10.0}
+    assert timeline["startup"] == 2.0 and timeline["shutdown"] == 1.0
+    samples = [(1.0, 900), (5.0, 300), (9.9, 350), (12.0, 700), (19.5, 650), (20.5, 990)]
+    # the samples outside every task (start-up 900, shut-down 990) belong to none
+    assert bench.task_peaks(timeline, samples) == {"users.export": 350, "users.transform": 700}
+
+
+def _systems(peak_mib: int) -> dict:
+    ours = {"wall_seconds": 200.0, "task_seconds_total": 190.0, "rows_per_second": 15_000.0,
+            "rows_per_second_load_tasks": 40_000.0, "peak_rss_bytes": peak_mib * bench.MIB,
+            "validate_share_of_wall": 0.08}
+    return {"ours": {"median": ours}, "floor": {"median": {"wall_seconds": 50.0}},
+            "dlt": {"median": {"wall_seconds": 210.0}}, "naive": {"median": {"rows_per_second": 50_000.0}}}
+
+
+def test_targets_with_and_without_a_peak_reference(tmp_path):
+    ratios, targets = bench.ratios_and_targets(_systems(700))
+    met = {t["target"]: t["met"] for t in targets}
+    assert ratios["ours_over_floor_wall"] == 4.0 and met["ours ≤ 1.5× the floor (wall)"] is False
+    assert met["peak RSS of ours ≤ 1 GiB"] is True and met["validation ≤ 10 % of total"] is True
+    assert not any("the peak at N" in t for t in met)
+
+    reference = tmp_path / "bench.json"
+    reference.write_text(json.dumps({"n_users": 100_000, "systems": _systems(500)}))
+    ref = bench.peak_reference(str(reference))
+    for peak, ok in ((700, True), (760, False)):
+        ratios, targets = bench.ratios_and_targets(_systems(peak), ref)
+        growth = next(t for t in targets if "the peak at N = 100,000" in t["target"])
+        assert growth["measured"] == round(peak / 500, 2) and growth["met"] is ok
