@@ -55,6 +55,7 @@ def _canonical_arrow(column, kind: str):
 
     if kind == "timestamp":  # the pandas rule, so that units and time zones convert exactly alike
         return pa.array(_canonical_column(column.to_pandas(), kind), pa.large_string())
+
     def s(text: str):
         return pa.scalar(text, pa.large_string())
 
@@ -70,7 +71,7 @@ def _canonical_arrow(column, kind: str):
 
 def row_hashes_arrow(table: Table, batch) -> list[tuple[str, str]]:
     """:func:`row_hashes` of an Arrow record batch: the canonical text is built column by column
-    in Arrow, and only the md5 runs per row (a million users: ~2 s instead of ~5.5 s)."""
+    in Arrow, and only the md5 runs per row (a million users: 2.8 s instead of 5.5 s)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
