@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, Callable
-
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -36,24 +35,13 @@ def export_rows(paths: str | list[str]) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in _paths(paths))
 
 
-def read_documents(paths: str | list[str], collection: str) -> tuple[list[dict], list[dict]]:
-    progress = Progress(f"decode {collection}", export_rows(paths))
-    docs, rejects = [], []
-    for batch in raw_batches(paths, 10_000):
-        d, r = tf.decode_documents(batch.column(0).to_pylist())
-        docs += d
-        rejects += r
-        progress.advance(batch.num_rows)
-    progress.log(final=True)
-    return docs, rejects
-
-
-def read_documents_frame(paths: str | list[str], collection: str) -> tuple[pd.DataFrame, list[dict]]:
+def read_documents_frame(paths: str | list[str], collection: str, what: str | None = None
+                         ) -> tuple[pd.DataFrame, list[dict]]:
     """The export as the transform's documents frame, decoded a batch at a time: only the
     mapped fields stay decoded, ``_doc`` holds the raw BSON. Plus the undecodable documents'
-    rejects."""
+    rejects. ``what`` names the export in the progress lines (default: the collection)."""
     projection = COLLECTIONS[collection].projection
-    progress = Progress(f"decode {collection}", export_rows(paths))
+    progress = Progress(f"decode {what or collection}", export_rows(paths))
     parts, rejects = [], []
     for batch in raw_batches(paths, 10_000):
         raws, positions = batch.column(0).to_pylist(), []
@@ -295,8 +283,8 @@ def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstre
     existing = None
     source_keys_path = batch_keys_path = None
     if incremental:
-        key_docs, _ = read_documents(exported["keys"]["path"], f"{collection} keys")
-        source_keys = set(_key_list(collection, (d.get(spec.key_field) for d in key_docs)))
+        key_frame, _ = read_documents_frame(exported["keys"]["path"], collection, f"{collection} keys")
+        source_keys = set(_key_list(collection, key_frame[spec.key_field]))
         batch_keys = set(_key_list(collection, frame[spec.key_field]))
         existing = _competitors(cfg, collection, source_keys, batch_keys, set(frame["_id"].dropna()))
         source_keys_path = str(write_frame(pd.DataFrame({"key": sorted(source_keys)}, dtype="string"),
