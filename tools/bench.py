@@ -556,8 +556,8 @@ class Bench:
         folder = Path(self.args.source).resolve() if self.args.source else self.work / "mongo"
         marker = folder / "seeded.json"
         self.mongo = MongoServer(folder, free_port()).start()
-        if marker.exists() and json.loads(marker.read_text()).get("users") == self.args.users:
-            seeded = json.loads(marker.read_text())
+        seeded = json.loads(marker.read_text()) if marker.exists() else {}
+        if seeded.get("users") == self.args.users:
             self.results.update(seed_seconds=seeded["seconds"], documents=seeded["counts"],
                                 documents_total=sum(seeded["counts"].values()), source_reused=str(folder))
             self.log(f"nx-27017 on port {self.mongo.port}: reusing {folder}, seeded with {self.args.users:,} users")
@@ -817,10 +817,7 @@ class Bench:
                 self.log(f"could not drop every bench database: {exc}")
             if not args.keep:
                 shutil.rmtree(self.work, ignore_errors=True)
-        reference = peak_reference(args.peak_reference)
-        if reference:
-            self.results["peak_reference"] = reference
-        self.results["ratios"], self.results["targets"] = ratios_and_targets(systems, reference)
+        with_targets(self.results, args.peak_reference)
         self.results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         return self.results
 
@@ -872,6 +869,22 @@ def peak_reference(path: str | None) -> dict | None:
     if not median:
         raise SystemExit(f"{path}: no measured run of ours to compare peaks with")
     return {"path": str(path), "n_users": earlier["n_users"], "peak_rss_bytes": median["peak_rss_bytes"]}
+
+
+def with_targets(results: dict, reference_path: str | None) -> None:
+    """Set ``results``' ratios and targets (and its peak reference, when given)."""
+    reference = peak_reference(reference_path)
+    if reference:
+        results["peak_reference"] = reference
+    results["ratios"], results["targets"] = ratios_and_targets(results["systems"], reference)
+
+
+def write_report(out: Path, results: dict, payload: dict) -> None:
+    """bench.json (``payload``), bench.md and bench.png into ``out``; print the Markdown."""
+    (out / "bench.json").write_text(json.dumps(payload, indent=2))
+    (out / "bench.md").write_text(to_markdown(results) + "\n")
+    to_png(results, out / "bench.png")
+    print((out / "bench.md").read_text())
 
 
 def ratios_and_targets(systems: dict, reference: dict | None = None) -> tuple[dict, list[dict]]:
@@ -1123,14 +1136,8 @@ def report_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     out = Path(args.folder)
     results = json.loads((out / "bench.json").read_text())
-    reference = peak_reference(args.peak_reference)
-    if reference:
-        results["peak_reference"] = reference
-    results["ratios"], results["targets"] = ratios_and_targets(results["systems"], reference)
-    (out / "bench.json").write_text(json.dumps(results, indent=2))  # samples are downsampled already
-    (out / "bench.md").write_text(to_markdown(results) + "\n")
-    to_png(results, out / "bench.png")
-    print((out / "bench.md").read_text())
+    with_targets(results, args.peak_reference)
+    write_report(out, results, results)  # its memory samples are downsampled already
     return 0
 
 
@@ -1167,10 +1174,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     results = bench.run()
     out = bench.out
-    (out / "bench.json").write_text(json.dumps(to_json(results), indent=2))
-    (out / "bench.md").write_text(to_markdown(results) + "\n")
-    to_png(results, out / "bench.png")
-    print((out / "bench.md").read_text())
+    write_report(out, results, to_json(results))
     print(f"wrote {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
     failed = [n for n, s in results["systems"].items() if n != "dlt" and not s.get("median")]
     return 1 if failed else 0
