@@ -289,9 +289,6 @@ class KeySet:
         self.keys = keys.drop_null()
         self._all: set[str] | None = None
 
-    def __len__(self) -> int:
-        return len(self.keys)
-
     def among(self, candidates: Iterable[Any]) -> set[str]:
         """The keys among ``candidates`` (anything but a string is never a key)."""
         wanted = [c for c in candidates if isinstance(c, str)]
