@@ -1,7 +1,8 @@
 # authmigrate — see README.md.
 #   make run      demo: local nx-27017 seeded with generated data → the DAG → validation report
 #   make migrate  run the DAG once, headless, with the AIRFLOW_CONN_* connections of the environment
-#   make test     the whole test suite
+#   make test     the whole test suite (installs what it needs: venv, Chromium, services)
+#   make unlock LOCK=<token or run id>   remove a dead run's migration lock (only that holder's)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -29,16 +30,18 @@ DEMO_CONNS := AIRFLOW_CONN_MONGO_DEFAULT=mongo://127.0.0.1:$(MONGO_PORT)/idp \
 	AIRFLOW_CONN_POSTGRES_DEFAULT=postgres://postgres@127.0.0.1:5432/$(DEMO_DB) \
 	AIRFLOW_CONN_REDIS_DEFAULT='redis://127.0.0.1:6379?db=$(DEMO_REDIS_DB)'
 
-.PHONY: help venv run migrate test services mongo-start mongo-stop clean
+.PHONY: help venv run migrate unlock test browser services mongo-start mongo-stop clean
 
 help:
-	@sed -n '2,5p' Makefile
+	@sed -n '2,6p' Makefile
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.txt
+	# --compile-bytecode: every Airflow process otherwise compiles its imports anew where
+	# PYTHONDONTWRITEBYTECODE is set (it is on this project's machines): ~9 s per process
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) -r requirements.txt
 	touch $@
 
 services:
@@ -56,7 +59,13 @@ mongo-stop:
 migrate: venv $(AIRFLOW_HOME)/airflow.db
 	@for v in AIRFLOW_CONN_MONGO_DEFAULT AIRFLOW_CONN_POSTGRES_DEFAULT; do \
 	  [ -n "$${!v}" ] || { echo "$$v is not set: export the connection URI (see README)" >&2; exit 2; }; done
-	$(AIRFLOW) dags test mongo_to_postgres --conf '$(CONF)'
+	$(PY) -m tools.migrate --conf '$(CONF)'
+
+# the operator's override for a lock whose holder is dead (the lock also expires by itself
+# within AUTHMIGRATE_LOCK_TTL_SECONDS): removes it only if it still names that holder
+unlock: venv
+	@[ -n "$(LOCK)" ] || { echo "usage: make unlock LOCK=<token or run id> (the refusal message names the run id)" >&2; exit 2; }
+	$(PY) -m authmigrate.lock unlock '$(LOCK)'
 
 run: venv services mongo-start
 	$(PY) -m tools.seed_mongo --uri mongodb://127.0.0.1:$(MONGO_PORT) --db idp --users $(DEMO_USERS)
@@ -68,7 +77,10 @@ run: venv services mongo-start
 	@echo "full log: .run/migrate.log"
 	@$(DEMO_CONNS) $(PY) -m tools.show_report
 
-test: venv services
+browser:
+	@bash scripts/install_browser.sh
+
+test: venv services browser
 	$(PY) -m pytest
 
 clean: mongo-stop airflow-stop
