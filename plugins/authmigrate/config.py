@@ -26,8 +26,18 @@ DEFAULT_SOURCE_COLLECTIONS = {
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-class ConfigError(ValueError):
+class Permanent(Exception):
+    """A failure no retry can fix (bad params or settings, a validation finding, a refused
+    cutover, a target locked by a live run): the task fails at once, and the message ends with
+    what the operator should do (``what_to_do``)."""
+
+    what_to_do = "fix the cause named above and trigger the DAG again"
+
+
+class ConfigError(Permanent, ValueError):
     """A trigger param or setting is invalid; the message says which and why."""
+
+    what_to_do = "correct the param or setting named above and trigger the DAG again"
 
 
 def project_root() -> Path:

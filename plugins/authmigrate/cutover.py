@@ -11,13 +11,15 @@ import logging
 import os
 import time
 
-from authmigrate.config import RunConfig
+from authmigrate.config import Permanent, RunConfig
 
 log = logging.getLogger("authmigrate")
 
 
-class CutoverRefused(RuntimeError):
-    pass
+class CutoverRefused(Permanent, RuntimeError):
+    """The datastore switch is not flipped (or a migration after cutover is refused)."""
+
+    what_to_do = "read the reason above; nothing was switched or written"
 
 
 def cutover_key() -> str:

@@ -5,6 +5,7 @@ parsing the DAG stays cheap.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -15,26 +16,62 @@ from authmigrate.registry import COLLECTIONS
 log = logging.getLogger("authmigrate")
 
 
-def _timed(fn):
-    """Add the task's own duration to its XCom (the report's time per task)."""
+FAILURE_MARK = "AUTHMIGRATE FAILED"  # tools/migrate.py repeats these lines at the end of `make migrate`
+
+
+def _task(fn=None, *, timed: bool = True, renew: bool = True):
+    """What every task body shares:
+    - a failure no retry can fix (``config.Permanent``: bad params or settings, a validation
+      finding, a refused cutover, a target locked by a live run) fails the task at once,
+      without retries, and logs one line saying what failed and what to do;
+    - while the body runs, the run's migration lock is renewed (``renew``), so only a dead run's
+      lock ever expires;
+    - with ``timed``, the task's own duration goes into its XCom (the report's time per task),
+      and Arrow's memory is tuned before and handed back after."""
+    if fn is None:
+        return functools.partial(_task, timed=timed, renew=renew)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from authmigrate.memory import tune
+        from authmigrate.config import Permanent
+
+        try:
+            with _renewing() if renew else contextlib.nullcontext():
+                return (_timed(fn) if timed else fn)(*args, **kwargs)
+        except Permanent as exc:
+            _fail(exc)
+
+    return wrapper
+
+
+def _timed(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from authmigrate.memory import release, tune
 
         tune()
         started = time.monotonic()
         try:
             result = fn(*args, **kwargs)
         finally:
-            from authmigrate.memory import release
-
             release()
         if isinstance(result, dict):
             result["seconds"] = round(time.monotonic() - started, 3)
         return result
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _renewing():
+    _, cfg = _context()
+    if cfg.dry_run:
+        yield
+        return
+    from authmigrate.lock import heartbeat
+
+    with heartbeat(cfg):
+        yield
 
 
 def _context():
@@ -59,13 +96,14 @@ def _results(ti, cfg: RunConfig) -> dict[str, dict]:
 
 
 def _fail(exc: Exception):
-    """Raise so that Airflow fails the task without retrying (a retry cannot help)."""
+    """Fail the task without retrying (a retry cannot help), saying what to do."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    raise AirflowFailException(str(exc)) from exc
+    what_to_do = getattr(exc, "what_to_do", "")
+    raise AirflowFailException(f"{exc}\nWhat to do: {what_to_do}" if what_to_do else str(exc)) from exc
 
 
-@_timed
+@_task(renew=False)  # takes the lock
 def prepare() -> dict:
     """Create or repair the target schema, seed permissions, register the run."""
     ctx, cfg = _context()
@@ -73,14 +111,11 @@ def prepare() -> dict:
         log.info("dry run: the target is not touched")
         return {"dry_run": True}
     from authmigrate import load, lock
-    from authmigrate.cutover import CutoverRefused, refuse_after_cutover
+    from authmigrate.cutover import refuse_after_cutover
 
     client = lock.redis_client(cfg)
-    try:
-        refuse_after_cutover(client)
-        lock.acquire(client, lock.lock_key(cfg), cfg.run_id)
-    except (lock.LockHeld, CutoverRefused) as exc:
-        _fail(exc)
+    refuse_after_cutover(client)
+    lock.acquire_waiting(client, lock.lock_key(cfg), cfg.run_id)
     return {**load.prepare(cfg, dict(ctx["params"])), "lock_acquired_at": time.time()}
 
 
@@ -88,6 +123,7 @@ def _lock_acquired_at(ti) -> float | None:
     return (ti.xcom_pull(task_ids="prepare") or {}).get("lock_acquired_at")
 
 
+@_task(timed=False)
 def plan(collection: str) -> list[dict]:
     """The collection's export chunks, fixed up front (the export task is mapped over them)."""
     _, cfg = _context()
@@ -97,7 +133,7 @@ def plan(collection: str) -> list[dict]:
     return plan_chunks(cfg, collection)
 
 
-@_timed
+@_task
 def export(chunk: dict) -> dict:
     """Stream one chunk of a collection from MongoDB into run-scoped Parquet."""
     _, cfg = _context()
@@ -119,7 +155,7 @@ def exported(ti, collection: str) -> dict | None:
     return result
 
 
-@_timed
+@_task
 def transform(collection: str) -> dict:
     """Coerce, de-duplicate, explode arrays, collect rejects."""
     ctx, cfg = _context()
@@ -132,7 +168,7 @@ def transform(collection: str) -> dict:
     return transform_collection(cfg, collection, exported(ti, collection), upstream)
 
 
-@_timed
+@_task
 def load(collection: str) -> dict:
     """COPY into staging and merge, in one transaction."""
     ctx, cfg = _context()
@@ -155,7 +191,7 @@ def _require_sessions(cfg: RunConfig) -> None:
         raise AirflowSkipException("session sync is off for this run (param sessions)")
 
 
-@_timed
+@_task
 def sessions_export() -> dict:
     """SCAN the app's session keys; HGETALL + PTTL in pipelined batches. Read-only."""
     _, cfg = _context()
@@ -165,7 +201,7 @@ def sessions_export() -> dict:
     return export_sessions(cfg)
 
 
-@_timed
+@_task
 def sessions_transform() -> dict:
     ctx, cfg = _context()
     _require_sessions(cfg)
@@ -177,7 +213,7 @@ def sessions_transform() -> dict:
     return transform_task(cfg, ti.xcom_pull(task_ids="sessions.export"), upstream)
 
 
-@_timed
+@_task
 def sessions_load() -> dict:
     ctx, cfg = _context()
     _require_sessions(cfg)
@@ -192,10 +228,11 @@ def sessions_load() -> dict:
         return load_tables(cfg, "sessions", (SESSIONS,), (), transformed, guard)
 
 
+@_task(timed=False)
 def validate() -> dict:
     """Orphans, catalog, reconciliation, reject ratio; writes the report."""
     ctx, cfg = _context()
-    from authmigrate.staging import remove_run
+    from authmigrate.staging import remove_run, remove_stale
     from authmigrate.validate import ValidationFailed, validate_run
 
     prepared = ctx["ti"].xcom_pull(task_ids="prepare") or {}
@@ -203,9 +240,12 @@ def validate() -> dict:
     if not result["passed"]:
         raise ValidationFailed("dry run: the reject ratio is over max_reject_ratio")
     remove_run(cfg)
+    if not cfg.dry_run:
+        result["stale_staging_removed"] = remove_stale(cfg, prepared.get("lock_acquired_at"))
     return {k: v for k, v in result.items() if k != "report"}
 
 
+@_task(timed=False, renew=False)
 def release_lock() -> dict:
     """A teardown task: runs however the run's other tasks ended, so a failed run never keeps
     the target locked until the lock expires (release is compare-and-delete on this run's token),
@@ -234,6 +274,7 @@ def _close_unfinished_run(cfg: RunConfig) -> bool:
         return False
 
 
+@_task(timed=False)
 def invalidate_cache() -> dict:
     """UNLINK the app's cached copies of rows this run changed or deleted."""
     from airflow.sdk.exceptions import AirflowSkipException
@@ -246,6 +287,7 @@ def invalidate_cache() -> dict:
     return invalidate(cfg)
 
 
+@_task(timed=False)
 def cutover() -> dict:
     """Flip the app's datastore switch to postgres — only after a passing validation."""
     from airflow.sdk.exceptions import AirflowSkipException
@@ -253,16 +295,21 @@ def cutover() -> dict:
     ctx, cfg = _context()
     if not cfg.cutover or cfg.dry_run:
         raise AirflowSkipException("cutover is off for this run (param cutover)" if not cfg.dry_run else "dry run")
-    from authmigrate.cutover import CutoverRefused, switch
+    from authmigrate.cutover import switch
 
-    try:
-        return switch(cfg, ctx["ti"].xcom_pull(task_ids="validate"))
-    except CutoverRefused as exc:
-        _fail(exc)
+    return switch(cfg, ctx["ti"].xcom_pull(task_ids="validate"))
 
 
 def mark_failed(context) -> None:
-    """on_failure_callback: record the failure in authmigrate.runs (best effort)."""
+    """on_failure_callback (a task failed for good): say which task and why in lines marked
+    FAILURE_MARK (`make migrate` repeats them at the end of its output), and record the failure
+    in authmigrate.runs (best effort)."""
+    ti, exc = context.get("ti"), context.get("exception")
+    task = getattr(ti, "task_id", "?") + (f"[{ti.map_index}]" if getattr(ti, "map_index", -1) not in (-1, None) else "")
+    first, *rest = str(exc).splitlines() or [type(exc).__name__]
+    log.error("%s %s failed (try %s): %s", FAILURE_MARK, task, getattr(ti, "try_number", "?"), first)
+    for line in rest:
+        log.error("%s %s   %s", FAILURE_MARK, task, line)
     try:
         cfg = RunConfig.from_params(dict(context["params"]), context["run_id"])
         if cfg.dry_run:

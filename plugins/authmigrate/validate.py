@@ -13,15 +13,19 @@ import time
 from dataclasses import dataclass
 
 from authmigrate import sqlfiles
-from authmigrate.config import RunConfig
+from authmigrate.config import Permanent, RunConfig
 from authmigrate.db import connect, q, use_schema
 from authmigrate.registry import COLLECTIONS, TABLES
 
 log = logging.getLogger("authmigrate")
 
 
-class ValidationFailed(Exception):
-    pass
+class ValidationFailed(Permanent):
+    """A check found the target wrong: the same data gives the same finding on every try."""
+
+    what_to_do = ("read the report in this task's log (or authmigrate.runs.report); rejects are in "
+                  "authmigrate.rejects for this run_id. Fix the source or the cause, or raise "
+                  "max_reject_ratio if the rejects are acceptable, then trigger again")
 
 
 @dataclass

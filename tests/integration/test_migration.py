@@ -120,10 +120,15 @@ def test_dry_run_writes_nothing(migration):
     assert migration.sql("SELECT count(*) FROM authmigrate.runs WHERE run_id = %s", (dr.run_id,)) == [(0,)]
 
 
+def tries(dr) -> dict[str, int]:
+    return {ti.task_id: ti.try_number for ti in dr.get_task_instances()}
+
+
 def test_reject_ratio_over_the_limit_fails_the_run(migration):
     migration.seed(documents())
     dr = migration.run(expect="failed", max_reject_ratio=0.01)
     assert migration.last_states["validate"] == "failed"
+    assert tries(dr)["validate"] == 1, "a validation finding is not retried"
     assert {t: s for t, s in migration.last_states.items() if t in ALL_TASKS - {"validate"}} == {
         t: "success" for t in ALL_TASKS - {"validate"}}
     assert migration.last_states["cutover"] == "upstream_failed"
@@ -144,12 +149,14 @@ def test_collections_subset_runs_only_those_and_checks_references_in_the_target(
 
 def test_missing_source_collection_fails_with_a_clear_message(migration, capfd):
     migration.seed(documents())
-    migration.run(expect="failed", source_oauthRoles="oauthroles")
+    dr = migration.run(expect="failed", source_oauthRoles="oauthroles")
     assert migration.last_states["oauthRoles.plan"] == "failed"  # the export's first step
+    assert tries(dr)["oauthRoles.plan"] == 1, "a missing collection is not retried"
     assert migration.last_states["oauthRoles.export"] == "upstream_failed"
     assert migration.last_states["validate"] == "upstream_failed"
     out = "".join(capfd.readouterr())
     assert "collection 'oauthroles' not found" in out and "Mongoose" in out
+    assert "(it has: ['oauthClientApps', 'oauthRoles', 'users'])" in out
     # a failed run never keeps the target locked: the release_lock teardown ran anyway
     from authmigrate import lock
     from authmigrate.config import RunConfig
@@ -187,3 +194,34 @@ def test_invalid_params_are_refused_before_anything_runs(dag):
         dag.test(run_conf={"batch_size": 0})
     with pytest.raises(ParamValidationError):
         dag.test(run_conf={"target_schema": 'public"; DROP TABLE users; --'})
+
+
+def test_make_migrate_fails_a_too_dirty_source_at_once_and_its_last_lines_say_why(migration, tmp_path):
+    """`make migrate` (tools.migrate): the reject ratio over the limit fails validate on its first
+    try; the command exits non-zero soon after validate started, its closing lines naming the
+    ratio and what to do. (Retries are on in the tests, with tiny delays: a retry would show.)"""
+    import re
+    import time
+    from datetime import datetime
+
+    from tests.integration.faults import dag_subprocess
+
+    migration.seed(documents())
+    conf = {**migration.dag.authmigrate_defaults, "target_schema": migration.schema, "max_reject_ratio": 0.01,
+            "sessions": False}
+    proc = dag_subprocess(conf, tmp_path / "migrate.log")
+    try:
+        proc.wait(timeout=300)
+    finally:
+        proc.log.close()
+    ended = time.time()
+    out = (tmp_path / "migrate.log").read_text()
+    assert proc.returncode != 0, out[-3000:]
+    started = re.search(r"^(\S+) \[info\s*\] \[DAG TEST\] starting task_id=validate ", out, re.M)
+    assert started, out[-3000:]
+    assert ended - datetime.fromisoformat(started[1].replace("Z", "+00:00")).timestamp() < 60
+    last = out.strip().splitlines()[-4:]
+    assert "FAILED" in last[0] and "validate failed (try 1)" in last[1], last
+    assert "[FAILED] reject ratio: 7/20 = 35.00% (max 1.00%)" in last[2], last
+    assert "What to do:" in last[3] and "max_reject_ratio" in last[3], last
+    assert "try 2" not in out
