@@ -1,9 +1,15 @@
 """The migration lock: one run at a time writes a given target.
 
 A Redis key ``authmigrate:lock:<target>`` set with ``SET NX PX`` to a value naming the holder
-(run id, host, random token). Tasks renew it while they work; it is released with a
-compare-and-delete, and expires by itself when a worker dies. A second run — of this or of
-another Airflow installation sharing the app's Redis — refuses before writing, naming the holder.
+(run id, host, pid, random token), with a short TTL (``AUTHMIGRATE_LOCK_TTL_SECONDS``, default
+60). Every task of the holding run renews it in the background every third of the TTL; it is
+released with a compare-and-delete. A holder that dies (SIGKILL, OOM killer, a lost worker, in
+any executor) stops renewing, so its lock is gone within one TTL; ``prepare`` of the next run
+watches a lock it finds: one that is not renewed it waits out (at most a TTL) and takes, one
+that is renewed belongs to a live run and is refused at once, naming the holder. A second run —
+of this or of another Airflow installation sharing the app's Redis — never writes meanwhile,
+and a run that lost its lock never commits. ``python -m authmigrate.lock unlock <token|run id>``
+(``make unlock LOCK=…``) is the operator's deliberate override.
 """
 from __future__ import annotations
 
@@ -17,9 +23,10 @@ import threading
 import time
 from typing import Iterator
 
-from authmigrate.config import RunConfig
+from authmigrate.config import Permanent, RunConfig
 
 log = logging.getLogger("authmigrate")
+KEY_PREFIX = "authmigrate:lock:"
 
 # Lua: renew / release only while the value still carries our token.
 _RENEW = """
@@ -32,20 +39,41 @@ local v = redis.call('GET', KEYS[1])
 if v and cjson.decode(v)['token'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# Lua: the operator's override deletes the key only if it still holds exactly the value shown.
+_DELETE_IF = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class LockHeld(RuntimeError):
-    """Another run holds the target: the message names it."""
+    """This run does not hold the target's lock (lost it, or cannot check): the message names
+    the holder. A retry may help (the lock may be free again)."""
+
+
+class LockBusy(LockHeld, Permanent):
+    """Another run holds the target and is alive (or its lock outlives our wait): fail at once."""
+
+    what_to_do = ("wait for that run to finish and trigger again; if you know its worker is dead, remove "
+                  "its lock with: make unlock LOCK=<its run id>  (own Airflow: python -m authmigrate.lock "
+                  "unlock <run id>)")
 
 
 def ttl_ms() -> int:
-    return int(float(os.environ.get("AUTHMIGRATE_LOCK_TTL_SECONDS", "600")) * 1000)
+    return int(float(os.environ.get("AUTHMIGRATE_LOCK_TTL_SECONDS", "60")) * 1000)
 
 
 def redis_client(cfg: RunConfig):
+    """The app's Redis (the lock, the session scan, cache invalidation, the cutover switch). One quick retry of a failed command
+    instead of redis-py's default ten with backoff (3.5 s per call on a dead server): a renewal
+    that fails is tried again at the next beat, and a task that needs Redis has Airflow's retries."""
     from airflow.providers.redis.hooks.redis import RedisHook
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
 
-    return RedisHook(redis_conn_id=cfg.redis_conn_id).get_conn()
+    client = RedisHook(redis_conn_id=cfg.redis_conn_id).get_conn()
+    client.set_retry(Retry(ExponentialBackoff(cap=0.5, base=0.05), 1))
+    return client
 
 
 def lock_key(cfg: RunConfig) -> str:
@@ -63,7 +91,8 @@ def describe(value: bytes | str | None) -> str:
         h = json.loads(value)
     except ValueError:
         return repr(value)
-    return f"run {h.get('run_id')} on host {h.get('host')} (since {h.get('acquired_at')})"
+    since = f" (since {h['acquired_at']})" if h.get("acquired_at") else ""
+    return f"run {h.get('run_id')} on host {h.get('host')}{since}"
 
 
 def acquire(client, key: str, run_id: str) -> str:
@@ -92,11 +121,47 @@ def acquire(client, key: str, run_id: str) -> str:
             except Exception:  # noqa: BLE001 - WatchError: somebody changed it; report below
                 pass
     pttl = client.pttl(key)
-    raise LockHeld(
+    raise LockBusy(
         f"the target is locked by {describe(client.get(key))}; lock key {key!r} expires in "
-        f"{max(pttl, 0) / 1000:.0f}s unless renewed. Nothing was written. Wait for that run to finish "
-        f"(or, if its worker is dead, for the lock to expire) and trigger again."
+        f"{max(pttl, 0) / 1000:.0f}s unless renewed. Nothing was written."
     )
+
+
+def acquire_waiting(client, key: str, run_id: str, max_wait: float | None = None, poll: float = 0.25) -> str:
+    """``acquire``, but a lock whose holder has stopped renewing it (a dead run) is waited out
+    and taken: at most ``max_wait`` seconds (default: one TTL and 5 s). A lock that is renewed
+    while we watch belongs to a live run, and one that would outlive the wait (no expiry, or a
+    longer TTL than ours) cannot be waited out: both raise LockBusy at once."""
+    max_wait = ttl_ms() / 1000 + 5 if max_wait is None else max_wait
+    deadline = time.monotonic() + max_wait
+    seen: tuple[bytes, int, float] | None = None  # value, PTTL, monotonic time right after reading it
+    while True:
+        try:
+            return acquire(client, key, run_id)
+        except LockBusy as exc:
+            refused = exc
+        before = time.monotonic()
+        value, pttl = client.get(key), client.pttl(key)
+        after = time.monotonic()
+        if value is None or pttl == -2:
+            continue  # expired between the two calls: try again
+        holder = describe(value)
+        if pttl == -1 or pttl > max_wait * 1000:
+            why = "never expires" if pttl == -1 else f"outlives this run's wait of {max_wait:.0f}s"
+            raise LockBusy(f"{refused} It {why} (set by hand, or by a run with a longer "
+                           f"AUTHMIGRATE_LOCK_TTL_SECONDS).")
+        # renewed: the TTL is longer than the last reading less the least time that can have passed
+        if seen is not None and (value != seen[0] or pttl > seen[1] - (before - seen[2]) * 1000 + 50):
+            raise LockBusy(f"the target is locked by {holder}, which is alive: it renewed the lock while this "
+                           f"run waited. Nothing was written.")
+        if time.monotonic() > deadline:
+            raise LockBusy(f"{refused} It was not released within {max_wait:.0f}s.")
+        if seen is None:
+            log.warning("the target is locked by %s, expiring in %.1fs; waiting (up to %.0fs): a dead run's lock "
+                        "is not renewed and will expire, a live run's is renewed and is refused",
+                        holder, pttl / 1000, max_wait)
+        seen = (value, pttl, after)
+        time.sleep(min(poll, pttl / 1000 + 0.01))
 
 
 def token_of(client, key: str, run_id: str) -> str | None:
@@ -141,8 +206,6 @@ def held(cfg: RunConfig, acquired_at: float | None = None) -> Iterator:
         log.warning("Redis is unreachable (%s); the lock taken %.0fs ago is still valid, going on", exc, age)
         token = None
         last_renewed[0] = time.monotonic() - age
-    stop = threading.Event()
-    lost = threading.Event()
 
     def still_ours() -> bool:
         """Renew; a Redis outage shorter than the lock's TTL is tolerated (the lock cannot have
@@ -159,26 +222,62 @@ def held(cfg: RunConfig, acquired_at: float | None = None) -> Iterator:
             log.warning("could not renew the migration lock (%s); it stays valid for %.0fs more", exc, left)
             return left > 0
 
-    def keep_alive():
-        while not stop.wait(ttl_ms() / 3000):
-            if not still_ours():
-                lost.set()
-                log.error("lost the migration lock %s", key)
-                return
-
     def guard():
         if lost.is_set() or not still_ours():
             raise LockHeld(f"the migration lock {key!r} was lost while the task ran; not committing")
 
-    thread = threading.Thread(target=keep_alive, name="authmigrate-lock", daemon=True)
+    with _renewing(still_ours, key) as lost:
+        yield guard
+    if lost.is_set():
+        raise LockHeld(f"the migration lock {key!r} was lost while the task ran")
+
+
+@contextlib.contextmanager
+def _renewing(renew_once, key: str) -> Iterator[threading.Event]:
+    """Call ``renew_once`` every third of the TTL in a background thread until the block ends;
+    the yielded event is set (and renewing stops) once it returns False."""
+    stop, lost = threading.Event(), threading.Event()
+
+    def loop():
+        while not stop.wait(ttl_ms() / 3000):
+            if not renew_once():
+                lost.set()
+                log.error("lost the migration lock %s", key)
+                return
+
+    thread = threading.Thread(target=loop, name="authmigrate-lock", daemon=True)
     thread.start()
     try:
-        yield guard
+        yield lost
     finally:
         stop.set()
         thread.join(timeout=5)
-    if lost.is_set():
-        raise LockHeld(f"the migration lock {key!r} was lost while the task ran")
+
+
+@contextlib.contextmanager
+def heartbeat(cfg: RunConfig) -> Iterator[None]:
+    """Every task of a run that holds the lock keeps it alive while it runs, so the short TTL
+    only ever runs out for a run that died. Never fails the task: a task that writes the target
+    checks the lock itself (``held``)."""
+    try:
+        client, key = redis_client(cfg), lock_key(cfg)
+        token = token_of(client, key, cfg.run_id)
+    except Exception as exc:  # noqa: BLE001 - Redis down: the writing tasks decide
+        log.warning("could not read the migration lock (%s); this task does not renew it", exc)
+        token = None
+    if token is None:
+        yield
+        return
+
+    def renew_once() -> bool:
+        try:
+            return renew(client, key, token)
+        except Exception as exc:  # noqa: BLE001 - a Redis blip: try again at the next beat
+            log.warning("could not renew the migration lock (%s); trying again", exc)
+            return True
+
+    with _renewing(renew_once, key):
+        yield
 
 
 def release_for_run(cfg: RunConfig) -> bool:
@@ -192,3 +291,54 @@ def release_for_run(cfg: RunConfig) -> bool:
         log.warning("could not release the migration lock; it expires in at most %.0fs", ttl_ms() / 1000,
                     exc_info=True)
         return False
+
+
+def unlock(client, ident: str) -> list[tuple[str, str]]:
+    """The operator's override: remove every migration lock whose holder has this token or run
+    id, each only if it still holds the value read (compare-and-delete). Returns (key, holder)."""
+    removed = []
+    for key in client.scan_iter(match=KEY_PREFIX + "*", count=1000):
+        value = client.get(key)
+        try:
+            holder = json.loads(value) if value else {}
+        except ValueError:
+            continue
+        if ident in (holder.get("token"), holder.get("run_id")) and client.eval(_DELETE_IF, 1, key, value):
+            removed.append((key.decode() if isinstance(key, bytes) else key, describe(value)))
+    return removed
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m authmigrate.lock",
+                                     description="Remove a migration lock by its holder's token or run id.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    cmd = sub.add_parser("unlock", help="remove the lock held by this token or run id, and only that one")
+    cmd.add_argument("ident", help="the holder's token or run id (the refusal message and `list` name them)")
+    cmd.add_argument("--redis-conn-id", default="redis_default", help="Airflow connection of the app's Redis")
+    listing = sub.add_parser("list", help="show every migration lock and its holder")
+    listing.add_argument("--redis-conn-id", default="redis_default")
+    args = parser.parse_args(argv)
+    from airflow.providers.redis.hooks.redis import RedisHook
+
+    client = RedisHook(redis_conn_id=args.redis_conn_id).get_conn()
+    locks = {k.decode(): (client.get(k), client.pttl(k)) for k in client.scan_iter(match=KEY_PREFIX + "*")}
+    if args.command == "list":
+        for key, (value, pttl) in sorted(locks.items()):
+            print(f"{key}: {describe(value)}, token {json.loads(value or '{}').get('token')}, "
+                  f"expires in {max(pttl, 0) / 1000:.0f}s")
+        print(f"{len(locks)} migration lock(s)")
+        return 0
+    removed = unlock(client, args.ident)
+    for key, holder in removed:
+        print(f"removed {key}: held by {holder}")
+    if not removed:
+        print(f"no migration lock is held by {args.ident!r}; locks present: "
+              + (", ".join(f"{k} ({describe(v)})" for k, (v, _) in sorted(locks.items())) or "none"))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,15 +5,22 @@ sees a half-written file: each file is written beside its final name and renamed
 """
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from authmigrate.config import RunConfig, staging_root
+from authmigrate.config import DAG_ID, RunConfig, staging_root
+
+log = logging.getLogger("authmigrate")
+OWNER_FILE = "owner.json"  # which target a run's staging folder belongs to (for remove_stale)
+STALE_DRY_RUN_SECONDS = 24 * 3600  # a dry run takes no lock: its leftovers go only once surely dead
 
 
 def collection_dir(cfg: RunConfig, collection: str, stage: str) -> Path:
@@ -27,7 +34,16 @@ def collection_dir(cfg: RunConfig, collection: str, stage: str) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     for p in [q for q in path.parents if root in q.parents] + [path]:
         os.chmod(p, 0o700)
+    owner = cfg.staging_dir() / OWNER_FILE
+    if not owner.exists():
+        with private_file(owner) as fh:
+            fh.write(json.dumps({"target": target_of(cfg), "run_id": cfg.run_id, "dry_run": cfg.dry_run}).encode())
     return path
+
+
+def target_of(cfg: RunConfig) -> str:
+    """The target a run writes, as its staging folders name it."""
+    return f"{cfg.postgres_conn_id}/{cfg.target_schema}"
 
 
 def private_file(path: Path):
@@ -92,3 +108,36 @@ class FrameWriter:
 def remove_run(cfg: RunConfig) -> None:
     """Delete the run's staging folder (after a successful run)."""
     shutil.rmtree(cfg.staging_dir(), ignore_errors=True)
+
+
+def _newest_mtime(folder: Path) -> float:
+    return max([folder.stat().st_mtime] + [p.stat().st_mtime for p in folder.rglob("*")])
+
+
+def remove_stale(cfg: RunConfig, lock_acquired_at: float | None) -> list[str]:
+    """After a successful run: delete what killed runs of the same target left in staging, so
+    weeks of re-syncs do not fill the disk. A folder goes only if it names this target and
+    nothing in it changed since this run took the migration lock (no live run of this target can
+    write without that lock); a dry run's (it takes no lock) only when a day old. Folders of
+    other targets, and folders without an owner file, are left alone. Returns the run ids removed."""
+    removed = []
+    now = time.time()
+    for folder in sorted((staging_root() / DAG_ID).glob("*")):
+        if folder == cfg.staging_dir() or not folder.is_dir():
+            continue
+        try:
+            owner = json.loads((folder / OWNER_FILE).read_text())
+            newest = _newest_mtime(folder)
+        except (OSError, ValueError):
+            continue  # no owner file (or vanishing meanwhile): not ours to judge
+        if owner.get("target") != target_of(cfg):
+            continue
+        stale = (now - newest > STALE_DRY_RUN_SECONDS) if owner.get("dry_run") else \
+            (lock_acquired_at is not None and newest < lock_acquired_at)
+        if stale:
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+            shutil.rmtree(folder, ignore_errors=True)
+            log.info("removed staging left by run %s (%.1f MiB, last written %s)", owner.get("run_id"),
+                     size / 2**20, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest)))
+            removed.append(owner.get("run_id") or folder.name)
+    return removed

@@ -4,8 +4,8 @@ Nothing here mocks anything. The helpers stop, kill, freeze or block the real nx
 PostgreSQL processes, watch the run from the outside (the staging folder, ``pg_stat_activity``,
 Airflow's metadata DB read-only) and compare row sets.
 
-Run as a script, it runs the DAG once with ``dag.test()`` in its own process (fault 4 SIGKILLs it):
-    python -m tests.integration.faults run-dag '<run conf as JSON>'
+``dag_subprocess`` runs the DAG once the way `make migrate` does (``python -m tools.migrate``),
+in a process group of its own, so a test can SIGKILL it.
 """
 from __future__ import annotations
 
@@ -317,14 +317,15 @@ def catalog_fingerprint(pg_uri: str) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- the DAG in its own process
 def dag_subprocess(conf: dict, log_path: Path):
-    """Start `python -m tests.integration.faults run-dag CONF` in a new session (its own process
-    group, so a SIGKILL reaches every process it started). Same environment as the tests."""
+    """Start `python -m tools.migrate --conf CONF` (what `make migrate` runs) in a new session
+    (its own process group, so a SIGKILL reaches every process it started). Same environment
+    as the tests."""
     import subprocess
 
     env = os.environ.copy()
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "plugins"), str(ROOT), env.get("PYTHONPATH", "")])
     log = open(log_path, "wb")  # noqa: SIM115 - closed by the caller through proc.log
-    proc = subprocess.Popen([sys.executable, "-m", "tests.integration.faults", "run-dag", json.dumps(conf)],
+    proc = subprocess.Popen([sys.executable, "-m", "tools.migrate", "--conf", json.dumps(conf)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     proc.log = log
     return proc
@@ -336,15 +337,6 @@ def kill_process_group(proc) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     proc.log.close()
-
-
-def _run_dag_main(conf_json: str) -> int:
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
-    dr = bag.dags[DAG_ID].test(run_conf=json.loads(conf_json))
-    print(f"run {dr.run_id} ended {dr.state}", flush=True)
-    return 0 if dr.state == "success" else 1
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -425,9 +417,3 @@ def make_migration(dag, pg_database, monkeypatch, request):
         with contextlib.suppress(Exception):
             m.client.drop_database(m.db.name)
         m.client.close()
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "run-dag":
-        sys.exit("usage: python -m tests.integration.faults run-dag '<conf JSON>'")
-    sys.exit(_run_dag_main(sys.argv[2]))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -89,41 +90,112 @@ def test_read_batch_handles_keys_that_expired_or_have_the_wrong_type(seeded):
                                            ("psid:000000000001:str", "wrong_type")]
 
 
-def test_lock_refuses_a_concurrent_run_and_expires_after_a_dead_worker(migration):
+def _wait_gone(client, key) -> None:
+    deadline = time.monotonic() + 30
+    while client.exists(key):
+        assert time.monotonic() < deadline, f"{key} is still there"
+        time.sleep(0.01)
+
+
+def test_lock_refuses_a_live_run_at_once_and_a_dead_runs_lock_never_blocks(migration):
     from authmigrate import lock
     from authmigrate.config import RunConfig
 
     migration.seed(documents())
     cfg = RunConfig.from_params({"target_schema": migration.schema}, "other-installation-run")
     key = lock.lock_key(cfg)
-    # a "worker" of another installation took the lock, then died: its lock expires in 1.5 s
-    monkey_ttl = 1500
+    # another installation's run holds the lock, with a TTL longer than any wait: refused at once
     migration.redis.set(key, json.dumps({"run_id": "other-installation-run", "host": "worker-7", "token": "t"}),
-                        px=monkey_ttl)
+                        px=3_600_000)
     dr = migration.run(expect="failed")
     assert migration.last_states["prepare"] == "failed"
+    assert {ti.task_id: ti.try_number for ti in dr.get_task_instances()}["prepare"] == 1, "a refusal is not retried"
     assert all(s in ("upstream_failed", "skipped", "success") for t, s in migration.last_states.items()
                if t != "prepare")
     assert migration.sql("SELECT count(*) FROM information_schema.schemata WHERE schema_name = %s",
                          (migration.schema,)) == [(0,)], "nothing may be written while another run holds the lock"
-    time.sleep(monkey_ttl / 1000 + 0.2)
+    assert migration.redis.get(key) is not None, "the refused run must not touch the holder's lock"
+
+    # its lock expires (driven here, not waited for): the next run goes through and releases its own
+    migration.redis.pexpire(key, 1)
+    _wait_gone(migration.redis, key)
+    refused = dr.run_id
     migration.run()
     assert migration.redis.exists(key) == 0, "the lock is released at the end of the run"
     assert migration.sql("SELECT count(*) FROM users")[0][0] == 6
-    assert dr.run_id  # the refused run left no trace in authmigrate.runs
-    assert migration.sql("SELECT count(*) FROM authmigrate.runs WHERE run_id = %s", (dr.run_id,)) == [(0,)]
+    assert migration.sql("SELECT count(*) FROM authmigrate.runs WHERE run_id = %s", (refused,)) == [(0,)], \
+        "the refused run left no trace in authmigrate.runs"
+
+    # a dead run's lock (within the TTL, renewed by nobody): the next run's prepare waits it out
+    migration.redis.set(key, json.dumps({"run_id": "killed-run", "host": "worker-7", "token": "t2"}), px=2000)
+    dr = migration.run()
+    assert {ti.task_id: ti.try_number for ti in dr.get_task_instances()}["prepare"] == 1
+    assert migration.redis.exists(key) == 0
 
 
-def test_lock_message_names_the_holder(migration):
+def test_acquire_waits_out_a_lock_nobody_renews_and_refuses_a_renewed_one(migration, monkeypatch):
+    import threading
+
     from authmigrate import lock
 
-    migration.redis.set("k-test", json.dumps({"run_id": "r1", "host": "h1", "token": "t1"}), px=5000)
-    with pytest.raises(lock.LockHeld, match="run r1 on host h1"):
-        lock.acquire(migration.redis, "k-test", "r2")
-    token = lock.acquire(migration.redis, "k-test", "r1")  # a retry of the holder's own run takes over
-    assert lock.release(migration.redis, "k-test", "wrong-token") is False
-    assert lock.release(migration.redis, "k-test", token) is True
-    assert migration.redis.exists("k-test") == 0
+    monkeypatch.setenv("AUTHMIGRATE_LOCK_TTL_SECONDS", "20")
+    r, prefix = migration.redis, f"k-test-{migration.name}"
+    # a dead holder: its lock is not renewed, so it runs out and is taken
+    r.set(f"{prefix}-dead", json.dumps({"run_id": "dead", "host": "h", "token": "t"}), px=1500)
+    token = lock.acquire_waiting(r, f"{prefix}-dead", "mine")
+    holder = json.loads(r.get(f"{prefix}-dead"))
+    assert (holder["run_id"], holder["token"]) == ("mine", token)
+
+    # a live holder renews while we watch: refused, naming it, and its lock is left alone
+    r.set(f"{prefix}-live", json.dumps({"run_id": "live", "host": "h2", "token": "t"}), px=15_000)
+    stop = threading.Event()
+
+    def renew_like_a_live_run():
+        while not stop.wait(0.05):
+            r.pexpire(f"{prefix}-live", 15_000)
+
+    thread = threading.Thread(target=renew_like_a_live_run, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(lock.LockBusy, match="run live on host h2, which is alive"):
+            lock.acquire_waiting(r, f"{prefix}-live", "mine")
+    finally:
+        stop.set()
+        thread.join()
+    assert json.loads(r.get(f"{prefix}-live"))["run_id"] == "live"
+
+    # a lock that never expires cannot be waited out: refused at once
+    r.set(f"{prefix}-forever", json.dumps({"run_id": "manual", "host": "h3", "token": "t"}))
+    with pytest.raises(lock.LockBusy, match="never expires"):
+        lock.acquire_waiting(r, f"{prefix}-forever", "mine")
+    r.delete(f"{prefix}-dead", f"{prefix}-live", f"{prefix}-forever")
+
+
+def test_unlock_removes_only_the_named_holders_lock_and_says_what_it_removed(migration):
+    import subprocess
+    import sys
+
+    from authmigrate.lock import KEY_PREFIX
+    from tests.integration.faults import ROOT
+
+    r, suffix = migration.redis, migration.name
+    mine, other = f"{KEY_PREFIX}h:5432/db/{suffix}_a", f"{KEY_PREFIX}h:5432/db/{suffix}_b"
+    r.set(mine, json.dumps({"run_id": f"dead-{suffix}", "host": "w1", "token": f"tok-{suffix}"}), px=60_000)
+    r.set(other, json.dumps({"run_id": f"live-{suffix}", "host": "w2", "token": "x"}), px=60_000)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}"}
+
+    def unlock(ident):
+        return subprocess.run([sys.executable, "-m", "authmigrate.lock", "unlock", ident], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    done = unlock(f"tok-{suffix}")  # by token
+    assert done.returncode == 0, done.stderr
+    assert f"removed {mine}: held by run dead-{suffix} on host w1" in done.stdout
+    assert not r.exists(mine) and r.exists(other)
+    nothing = unlock(f"dead-{suffix}")  # already gone: says so, names what is there, removes nothing
+    assert nothing.returncode == 1 and f"no migration lock is held by 'dead-{suffix}'" in nothing.stdout
+    assert other in nothing.stdout and r.exists(other)
+    assert unlock(f"live-{suffix}").returncode == 0 and not r.exists(other)  # by run id
 
 
 def test_cache_invalidation_deletes_exactly_the_changed_rows_keys(migration):
@@ -206,6 +278,9 @@ def test_a_redis_outage_fails_and_retries_only_the_sessions_branch(migration, mo
     proc, client = start_redis()
     try:
         monkeypatch.setenv("AIRFLOW_CONN_REDIS_DEFAULT", f"redis://127.0.0.1:{port}?db=0")
+        # the loads go on while the lock cannot have expired (an outage shorter than its TTL): a TTL
+        # longer than any run here, so the outcome does not depend on how fast the machine is
+        monkeypatch.setenv("AUTHMIGRATE_LOCK_TTL_SECONDS", "600")
         seed_sessions(client, USERS, APPS, n=50, dirty=False)
         migration.seed(documents())
         import authmigrate.load as load_module
