@@ -1,4 +1,5 @@
-"""DAG integrity: imports cleanly, parses fast, imports nothing heavy and builds no hook at parse time."""
+"""DAG integrity: imports cleanly, imports nothing heavy (what makes a parse slow) and builds no
+hook at parse time. Parse time itself is not asserted: it depends on how busy the machine is."""
 from __future__ import annotations
 
 import json
@@ -26,11 +27,6 @@ def test_no_import_errors(dagbag):
     assert list(dagbag.dags) == ["mongo_to_postgres"]
 
 
-def test_parse_time_under_two_seconds(dagbag):
-    (stat,) = [s for s in dagbag.dagbag_stats if s.file.endswith("mongo_to_postgres.py")]
-    assert stat.duration.total_seconds() < 2.0, stat
-
-
 def test_parsing_imports_nothing_heavy_and_opens_no_connection():
     """In a clean interpreter: parse the DAG file with no connections defined and with
     BaseHook.get_connection rigged to fail; then list which heavy modules got imported."""
@@ -43,10 +39,13 @@ def refuse(*a, **k):
 BaseHook.get_connection = classmethod(refuse)
 import runpy
 runpy.run_path({str(ROOT / 'dags' / 'mongo_to_postgres.py')!r})
-print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))
+print(json.dumps([[m for m in {HEAVY!r} if m in sys.modules], sorted(m for m in sys.modules if "authmigrate" in m)]))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    heavy, own = json.loads(out.stdout.strip().splitlines()[-1])
+    assert heavy == []
+    # the DAG file needs only the standard-library modules of the plugin; stages load at task time
+    assert set(own) <= {"authmigrate", "authmigrate.config", "authmigrate.registry", "authmigrate.tasks"}, own
 
 
 def test_dag_shape(dagbag):
