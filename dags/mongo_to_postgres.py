@@ -106,6 +106,12 @@ with DAG(
             description="Compare a hash of every loaded row's mapped fields, computed in PostgreSQL, with the "
                         "same hash computed from the export. Any mismatch fails the run.",
         ),
+        "unmapped": Param(
+            "report", type="string", enum=["report", "fail"], title="Unmapped source data", section=SAFETY,
+            description="The report's census lists every source collection and field this run does not take. "
+                        "fail: any unmapped collection or field fails the validation (a hard guarantee "
+                        "before cutover).",
+        ),
         "max_reject_ratio": Param(
             0.05, type="number", minimum=0, maximum=1, title="Max reject ratio", section=SAFETY,
             description="Fail the run when more than this share of source documents is rejected.",

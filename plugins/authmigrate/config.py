@@ -191,6 +191,7 @@ class RunConfig:
     overlap_seconds: int = 300
     cutover: bool = False
     cache_keys: dict[str, list[str]] = field(default_factory=dict)
+    unmapped: str = "report"
 
     @classmethod
     def from_params(cls, params: dict[str, Any], run_id: str) -> "RunConfig":
@@ -233,6 +234,7 @@ class RunConfig:
             overlap_seconds=int(params.get("overlap_seconds", 300)),
             cutover=bool(params.get("cutover", False)),
             cache_keys=validate_cache_keys(params.get("cache_keys") or {}),
+            unmapped=_choice(params.get("unmapped", "report"), ("report", "fail"), "unmapped"),
         )
 
     def staging_dir(self) -> Path:

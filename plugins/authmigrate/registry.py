@@ -40,6 +40,7 @@ class Collection:
     depends_on: tuple[str, ...] = ()  # collections whose accepted keys this transform needs
     arrays: dict[str, str] | None = None  # source array field -> join table it becomes
     cleanup: tuple[str, ...] = ()  # SQL files run after the merge, in the same transaction
+    ignored: tuple[str, ...] = ("__v",)  # source fields deliberately not migrated (the census marks them)
 
     @property
     def main_table(self) -> Table:

@@ -172,6 +172,7 @@ def text(name: str, required: bool = False) -> Callable[[Any], str | None]:
             raise Reject("invalid_type", f"{name} must be a string, got {type(v).__name__}")
         return _check_text(v, name)
 
+    coerce.expects = ("string",)
     return coerce
 
 
@@ -191,6 +192,7 @@ def app_key(name: str, width: int, required: bool = True) -> Callable[[Any], str
             return str(n).zfill(width)
         raise Reject("invalid_key", f"{name} must be a string id, got {type(v).__name__} {preview(v)}")
 
+    coerce.expects = ("string",)
     return coerce
 
 
@@ -208,6 +210,7 @@ def boolean(name: str) -> Callable[[Any], bool]:
             return v.strip().lower() == "true"
         raise Reject("invalid_type", f"{name} must be a boolean, got {type(v).__name__} {preview(v)}")
 
+    coerce.expects = ("bool",)
     return coerce
 
 
@@ -230,6 +233,7 @@ def integer(name: str, default: int | None = None, bits: int = 64) -> Callable[[
             raise Reject("invalid_type", f"{name} is out of the {bits}-bit integer range")
         return n
 
+    coerce.expects = ("int", "long")
     return coerce
 
 
@@ -258,6 +262,7 @@ def timestamp(name: str) -> Callable[[Any], dt.datetime | None]:
             raise Reject("invalid_date", f"{name} is outside the representable date range")
         raise Reject("invalid_date", f"{name} is not a date: {type(v).__name__} {preview(v)}")
 
+    coerce.expects = ("date",)
     return coerce
 
 
@@ -274,6 +279,7 @@ def array(name: str) -> Callable[[Any], list]:
             return [v]
         raise Reject("invalid_array", f"{name} must be an array, got {type(v).__name__}")
 
+    coerce.expects = ("array",)
     return coerce
 
 
@@ -784,4 +790,5 @@ def transform_roles(docs: pd.DataFrame, known_users: Container[str], known_apps:
 
 
 TRANSFORMS = {"users": transform_users, "oauthClientApps": transform_apps, "oauthRoles": transform_roles}
+RULES = {"users": USER_RULES, "oauthClientApps": APP_RULES, "oauthRoles": ROLE_RULES}
 assert set(TRANSFORMS) == set(COLLECTIONS)

@@ -11,6 +11,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from authmigrate import transform as tf
+from authmigrate.census import FieldCensus, collection_census
 from authmigrate.config import RunConfig
 from authmigrate.db import connect, fetch_keys
 from authmigrate.memory import release
@@ -35,17 +36,20 @@ def export_rows(paths: str | list[str]) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in _paths(paths))
 
 
-def read_documents_frame(paths: str | list[str], collection: str, what: str | None = None
-                         ) -> tuple[pd.DataFrame, list[dict]]:
+def read_documents_frame(paths: str | list[str], collection: str, what: str | None = None,
+                         census: FieldCensus | None = None) -> tuple[pd.DataFrame, list[dict]]:
     """The export as the transform's documents frame, decoded a batch at a time: only the
     mapped fields stay decoded, ``_doc`` holds the raw BSON. Plus the undecodable documents'
-    rejects. ``what`` names the export in the progress lines (default: the collection)."""
+    rejects. ``what`` names the export in the progress lines (default: the collection); every
+    decoded document is counted into ``census``."""
     projection = COLLECTIONS[collection].projection
     progress = Progress(f"decode {what or collection}", export_rows(paths))
     parts, rejects = [], []
     for batch in raw_batches(paths, 10_000):
         raws, positions = batch.column(0).to_pylist(), []
         docs, bad = tf.decode_documents(raws, positions)
+        if census is not None:
+            census.add(docs)
         parts.append(tf.documents_frame(docs, projection, [raws[i] for i in positions]))
         rejects += bad
         progress.advance(batch.num_rows)
@@ -116,7 +120,7 @@ def _decoded(path, losers: list[tuple]) -> list[tuple[int, str, str]]:
             for row, code, (what, subset, key, winner) in losers]
 
 
-def transform_users_batched(paths: str | list[str], out, batch_size: int
+def transform_users_batched(paths: str | list[str], out, batch_size: int, census: FieldCensus | None = None
                             ) -> tuple[tf.Result, dict[str, str], dt.datetime | None, list[dict]]:
     """The users transform on an export of any size, holding one batch of documents at a time
     (plus the key columns of the whole collection), with exactly the result of
@@ -146,6 +150,8 @@ def transform_users_batched(paths: str | list[str], out, batch_size: int
         for batch in raw_batches(paths, max(batch_size, MIN_TRANSFORM_BATCH)):
             positions: list[int] = []
             docs, bad = tf.decode_documents(batch.column(0).to_pylist(), positions)
+            if census is not None:
+                census.add(docs)
             undecodable += bad
             decoded += len(docs)
             stamps = [t for t in (d.get("updatedAt") for d in docs) if isinstance(t, dt.datetime)]
@@ -277,7 +283,8 @@ def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstre
     if collection == "users" and exported.get("mode") != "incremental":
         return _transform_users_file(cfg, exported)
     spec = COLLECTIONS[collection]
-    frame, undecodable = read_documents_frame(exported["paths"], collection)
+    census = FieldCensus()
+    frame, undecodable = read_documents_frame(exported["paths"], collection, census=census)
     out = collection_dir(cfg, collection, "transform")
     incremental = exported.get("mode") == "incremental"
     existing = None
@@ -304,18 +311,22 @@ def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstre
                                     _keys(cfg, "oauthClientApps", upstream.get("oauthClientApps")), existing)
     stamps = [t for t in frame.get("updatedAt", ()) if isinstance(t, dt.datetime)]
     return _outputs(collection, out, result, {}, undecodable, max(stamps) if stamps else None,
-                    incremental, source_keys_path, batch_keys_path)
+                    incremental, source_keys_path, batch_keys_path, collection_census(census, collection))
 
 
 def _transform_users_file(cfg: RunConfig, exported: dict) -> dict:
     out = collection_dir(cfg, "users", "transform")
-    result, files, newest, undecodable = transform_users_batched(exported["paths"], out, cfg.batch_size)
-    return _outputs("users", out, result, files, undecodable, newest, False, None, None)
+    census = FieldCensus()
+    result, files, newest, undecodable = transform_users_batched(exported["paths"], out, cfg.batch_size, census)
+    return _outputs("users", out, result, files, undecodable, newest, False, None, None,
+                    collection_census(census, "users"))
 
 
 def _outputs(collection: str, out, result: tf.Result, files: dict[str, str], undecodable: list[dict],
-             newest: dt.datetime | None, incremental: bool, source_keys_path, batch_keys_path) -> dict:
-    """Write the row sets, extras and rejects; log and return what XCom carries (paths, counts)."""
+             newest: dt.datetime | None, incremental: bool, source_keys_path, batch_keys_path,
+             census: dict) -> dict:
+    """Write the row sets, extras and rejects; log and return what XCom carries (paths, counts,
+    the field census: names and counts, never values)."""
     if undecodable:
         result.rejects = pd.concat([tf.rejects_frame(undecodable), result.rejects], ignore_index=True)
         result.counts["source_documents"] += len(undecodable)
@@ -332,4 +343,5 @@ def _outputs(collection: str, out, result: tf.Result, files: dict[str, str], und
              counts["rejects_by_reason"])
     return {"path": str(out), "tables": tables, "extras": extras, "rejects": rejects, "counts": counts,
             "mode": "incremental" if incremental else "full", "source_keys": source_keys_path,
-            "batch_keys": batch_keys_path, "watermark_candidate": newest.isoformat() if newest else None}
+            "batch_keys": batch_keys_path, "watermark_candidate": newest.isoformat() if newest else None,
+            "census": census}

@@ -199,8 +199,8 @@ def timings(results: dict[str, dict], extra: dict[str, float] | None = None) -> 
 
 
 def render_report(cfg: RunConfig, results: dict[str, dict], checks: list[Check], counts: dict[str, int] | None,
-                  rejects: list[tuple], examples: list[tuple] = (), task_times: dict[str, float] | None = None
-                  ) -> str:
+                  rejects: list[tuple], examples: list[tuple] = (), task_times: dict[str, float] | None = None,
+                  census: dict | None = None) -> str:
     passed = all(c.ok for c in checks)
     lines = [
         f"# authmigrate run {cfg.run_id}",
@@ -235,8 +235,33 @@ def render_report(cfg: RunConfig, results: dict[str, dict], checks: list[Check],
                          + (f" element `{element}`" if element else "") + f": {reason}")
     if task_times:
         lines += ["", "| task | seconds |", "|---|---:|"] + [f"| {t} | {s:.2f} |" for t, s in task_times.items()]
+    if census:
+        from authmigrate.census import report_lines
+
+        lines += [""] + report_lines(census)
     lines += ["", "Checks:", ""] + [f"- {c.line()}" for c in checks]
     return "\n".join(lines)
+
+
+def source_census(cfg: RunConfig, results: dict[str, dict]) -> dict:
+    """The census of this run: every source collection no declaration maps (read from MongoDB
+    now), and each transformed collection's field census (counted while it decoded)."""
+    from authmigrate.census import source_collections
+
+    return {"unmapped_collections": source_collections(cfg),
+            "collections": {c: r["transform"]["census"] for c, r in results.items()
+                            if c in COLLECTIONS and (r.get("transform") or {}).get("census")}}
+
+
+def census_check(cfg: RunConfig, census: dict) -> list[Check]:
+    """With ``unmapped=fail``, anything in the source the run does not take fails validation."""
+    if cfg.unmapped != "fail":
+        return []
+    from authmigrate.census import findings
+
+    found = findings(census)
+    return [Check("census (unmapped=fail)", not found, "; ".join(found) if found else
+                  "every source collection and field is mapped")]
 
 
 def dry_run_rejects(results: dict[str, dict]) -> list[tuple]:
@@ -258,8 +283,10 @@ def validate_run(cfg: RunConfig, results: dict[str, dict], task_times: dict[str,
     started = time.monotonic()
     if cfg.dry_run:
         rejects = dry_run_rejects(results)
-        checks = [reject_ratio_check(results, cfg)]
-        report = render_report(cfg, results, checks, None, rejects, task_times=timings(results, task_times))
+        census = source_census(cfg, results)
+        checks = [reject_ratio_check(results, cfg)] + census_check(cfg, census)
+        report = render_report(cfg, results, checks, None, rejects, task_times=timings(results, task_times),
+                               census=census)
         files = report_files.write(cfg.run_id, report, timings(results, task_times), None)
         log.info("dry run, nothing written to the target:\n%s\nreport files: %s", report, files)
         return {"passed": all(c.ok for c in checks), "report": report, "reject_ratio": reject_ratio(results)[2],
@@ -271,19 +298,22 @@ def validate_run(cfg: RunConfig, results: dict[str, dict], task_times: dict[str,
             rejects = reject_summary(conn, cfg.run_id)
             checks = orphan_checks(conn) + catalog_checks(conn, cfg.target_schema)
             children = batch_child_counts(conn, results)
+        census = source_census(cfg, results)
         checks += reconcile(results, counts, rejects, children) + [reject_ratio_check(results, cfg)]
+        checks += census_check(cfg, census)
         if cfg.verify:
             checks += content_checks(conn, cfg, results)
         passed = all(c.ok for c in checks)
         examples = [tuple(r) for r in conn.execute(q("rejects_examples"), {"run_id": cfg.run_id, "per_reason": 2})]
         all_times = timings(results, {**(task_times or {}), "validate": time.monotonic() - started})
-        report = render_report(cfg, results, checks, counts, rejects, examples, all_times)
+        report = render_report(cfg, results, checks, counts, rejects, examples, all_times, census)
         summary = {
             "tables": counts,
             "collections": {c: {k: r["transform"]["counts"][k] for k in ("source_documents", "rejected_documents")}
                             for c, r in results.items()},
             "changes": {c: r["load"]["changes"] for c, r in results.items() if r.get("load")},
             "checks": {c.name: c.ok for c in checks},
+            "census": census,
         }
         if passed:
             summary["watermarks"] = advance_watermarks(conn, cfg, results)

@@ -225,3 +225,31 @@ def test_make_migrate_fails_a_too_dirty_source_at_once_and_its_last_lines_say_wh
     assert "[FAILED] reject ratio: 7/20 = 35.00% (max 1.00%)" in last[2], last
     assert "What to do:" in last[3] and "max_reject_ratio" in last[3], last
     assert "try 2" not in out
+
+
+def test_the_census_lists_what_the_run_does_not_take_and_unmapped_fail_fails_on_it(migration):
+    migration.seed(documents())
+    migration.db.create_collection("userappconsents")
+    migration.db.userappconsents.insert_many([{"consentId": f"c{i}", "userId": "000000000001"} for i in range(3)])
+    for user_id in ("000000000001", "000000000002"):
+        doc = migration.db.users.find_one({"userId": user_id})
+        migration.db.users.replace_one({"_id": doc["_id"]}, {**doc, "favouriteColour": "red"})
+
+    dr = migration.run()
+    report, counts = migration.sql("SELECT report, counts FROM authmigrate.runs WHERE run_id = %s", (dr.run_id,))[0]
+    assert "## Source census: what this run does not take" in report
+    assert "- `userappconsents`: 3 documents" in report
+    assert "- unmapped `favouriteColour`: in 2 documents, types string ×2" in report
+    census = counts["census"]
+    assert census["unmapped_collections"] == {"userappconsents": 3}
+    users = census["collections"]["users"]
+    assert users["documents"] == len(documents()["users"]) == 10  # every document, dirty ones included
+    assert users["paths"]["favouriteColour"] == {"documents": 2, "types": {"string": 2}, "mark": "unmapped"}
+    assert users["paths"]["userId"]["mark"] == "mapped"
+
+    dr = migration.run(expect="failed", unmapped="fail")
+    assert migration.last_states["validate"] == "failed" and tries(dr)["validate"] == 1
+    report = migration.sql("SELECT report FROM authmigrate.runs WHERE run_id = %s", (dr.run_id,))[0][0]
+    failed = [line for line in report.splitlines() if "[FAILED] census (unmapped=fail)" in line]
+    assert failed and "collection 'userappconsents' (3 documents) is not mapped" in failed[0]
+    assert "users.favouriteColour (2 documents) is not mapped" in failed[0]

@@ -1,0 +1,183 @@
+"""A census of the source: what the run does not take.
+
+Per mapped collection, every field path seen in **every** document the transform decodes (not a
+sample), with the number of documents holding it and a histogram of BSON types, each path marked
+``mapped`` (a field the collection's rules read, or inside one), ``ignored`` (named by the
+collection's ``ignored`` fields, e.g. Mongoose's ``__v``) or ``unmapped``; and every mapped field
+whose observed types include one its rule does not take as its own (``signCount`` as a string).
+Per source database, every collection no declaration maps, with its document count.
+
+Cheap by design: a document costs one tuple of (field, type) pairs, built at C speed and counted
+by signature (most documents share a handful); only array and sub-document values are looked into.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Iterable
+
+MAX_PATHS = 500  # per collection, in the report and the XCom; beyond it the census says how many more
+MAX_DEPTH = 4  # sub-documents are looked into this deep
+
+_BSON_NAMES = {
+    "str": "string", "int": "int", "Int64": "long", "float": "double", "bool": "bool", "datetime": "date",
+    "DatetimeMS": "date", "ObjectId": "objectId", "dict": "object", "SON": "object", "list": "array",
+    "NoneType": "null", "bytes": "binData", "Binary": "binData", "Decimal128": "decimal", "Regex": "regex",
+    "Pattern": "regex", "Timestamp": "timestamp", "Code": "javascript", "MinKey": "minKey", "MaxKey": "maxKey",
+    "DBRef": "dbPointer", "UUID": "binData",
+}
+
+
+def bson_type(python_type: type) -> str:
+    return _BSON_NAMES.get(python_type.__name__, python_type.__name__)
+
+
+class FieldCensus:
+    """Counts field paths and their BSON types over decoded documents, batch by batch."""
+
+    def __init__(self) -> None:
+        self.documents = 0
+        self._signatures: Counter = Counter()  # ((field, type), ...) per document
+        self._inner: Counter = Counter()  # (path, bson type) inside arrays and sub-documents
+        self._inner_docs: Counter = Counter()  # path -> documents holding it (inside sub-documents)
+        self._deep_of: dict[tuple, tuple[str, ...]] = {}
+
+    def add(self, docs: Iterable[dict]) -> None:
+        signatures, deep_of = self._signatures, self._deep_of
+        for doc in docs:
+            signature = tuple(zip(doc, map(type, doc.values())))
+            signatures[signature] += 1
+            deep = deep_of.get(signature)
+            if deep is None:  # once per distinct signature: which fields hold arrays or sub-documents
+                deep = deep_of[signature] = tuple(f for f, t in signature if issubclass(t, (dict, list)))
+            if deep:
+                seen: set = set()
+                for field in deep:
+                    self._walk({field: doc[field]}, "", 1, seen, count_keys=False)  # its key: in the signature
+            self.documents += 1
+
+    def _count(self, path: str, value: Any, seen: set) -> None:
+        self._inner[(path, bson_type(type(value)))] += 1
+        if path not in seen:
+            seen.add(path)
+            self._inner_docs[path] += 1
+
+    def _walk(self, mapping: dict, prefix: str, depth: int, seen: set, count_keys: bool = True) -> None:
+        """Count what arrays and sub-documents hold: ``a.b`` for a sub-document's field, ``a[]``
+        for an array's elements, ``a[].b`` for the fields of documents in an array."""
+        for key, value in mapping.items():
+            path = f"{prefix}{key}"
+            if count_keys:
+                self._count(path, value, seen)
+            if isinstance(value, list):
+                for element in value:
+                    self._count(f"{path}[]", element, seen)
+                    if isinstance(element, dict) and depth < MAX_DEPTH:
+                        self._walk(element, f"{path}[].", depth + 1, seen)
+            elif isinstance(value, dict) and depth < MAX_DEPTH:
+                self._walk(value, f"{path}.", depth + 1, seen)
+
+    def paths(self) -> dict[str, dict[str, Any]]:
+        """{path: {"documents": n, "types": {bson type: n}}}; for array elements (``path[]``) the
+        types count elements, ``documents`` the documents holding at least one."""
+        out: dict[str, dict[str, Any]] = {}
+        for signature, n in self._signatures.items():
+            for field, python_type in signature:
+                entry = out.setdefault(field, {"documents": 0, "types": Counter()})
+                entry["documents"] += n
+                entry["types"][bson_type(python_type)] += n
+        for (path, name), n in self._inner.items():
+            out.setdefault(path, {"documents": self._inner_docs[path], "types": Counter()})["types"][name] += n
+        return {p: {"documents": e["documents"], "types": dict(sorted(e["types"].items()))}
+                for p, e in sorted(out.items())}
+
+
+def classify(paths: dict[str, dict], mapped: Iterable[str], ignored: Iterable[str],
+             expects: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """Mark each path mapped / ignored / unmapped (a path under a mapped or ignored field takes its
+    mark), and list the mapped fields seen with a type their rule does not take as its own
+    (``null`` never counts: a missing value is the rule's business)."""
+    mapped, ignored = set(mapped) | {"_id"}, set(ignored)
+
+    def top(path: str) -> str:
+        return path.split(".", 1)[0].split("[]", 1)[0]
+
+    marked, surprises = {}, []
+    for path, entry in paths.items():
+        field = top(path)
+        mark = "mapped" if field in mapped else "ignored" if field in ignored else "unmapped"
+        marked[path] = {**entry, "mark": mark}
+        if path in expects:
+            odd = {t: n for t, n in entry["types"].items() if t not in expects[path] and t != "null"}
+            if odd:
+                surprises.append({"field": path, "expected": list(expects[path]), "seen": odd})
+    unmapped = [p for p, e in marked.items() if e["mark"] == "unmapped" and "." not in p and "[]" not in p]
+    shown = dict(list(marked.items())[:MAX_PATHS])
+    return {"paths": shown, "more_paths": len(marked) - len(shown), "unmapped_fields": unmapped,
+            "type_surprises": surprises}
+
+
+def collection_census(census: FieldCensus, collection: str) -> dict[str, Any]:
+    """The census of one mapped collection, classified by its declaration and rules."""
+    from authmigrate import transform as tf
+    from authmigrate.registry import COLLECTIONS
+
+    spec = COLLECTIONS[collection]
+    rules = tf.RULES.get(collection, {})
+    expects = {source: getattr(rule, "expects", ()) for source, rule in rules.values() if getattr(rule, "expects", ())}
+    return {"documents": census.documents,
+            **classify(census.paths(), spec.projection, spec.ignored, expects)}
+
+
+def source_collections(cfg) -> dict[str, int] | None:
+    """Every collection of the source database that no mapped collection of this run reads, with
+    its document count (exact: count_documents), system collections left out. None when the
+    source lists no collections (not a live MongoDB)."""
+    from airflow.providers.mongo.hooks.mongo import MongoHook
+
+    hook = MongoHook(mongo_conn_id=cfg.mongo_conn_id)
+    db = hook.get_conn()[hook.connection.schema]
+    from authmigrate.registry import COLLECTIONS
+
+    read = {cfg.source_collections[c] for c in COLLECTIONS}
+    return {name: db[name].count_documents({}) for name in sorted(db.list_collection_names())
+            if name not in read and not name.startswith("system.")}
+
+
+def report_lines(census: dict[str, Any]) -> list[str]:
+    """The report's census section (markdown)."""
+    lines = ["## Source census: what this run does not take", ""]
+    others = census.get("unmapped_collections") or {}
+    if others:
+        lines.append("Collections in the source that no declaration maps (not migrated):")
+        lines += [f"- `{name}`: {n:,} documents" for name, n in others.items()]
+    else:
+        lines.append("Every collection in the source database is mapped.")
+    for collection, c in (census.get("collections") or {}).items():
+        unmapped = [p for p, e in c["paths"].items() if e["mark"] == "unmapped"]
+        ignored = [p for p, e in c["paths"].items() if e["mark"] == "ignored" and "." not in p and "[]" not in p]
+        lines += ["", f"**{collection}** ({c['documents']:,} documents, {len(c['paths']) + c['more_paths']} field paths):"]
+        for path in unmapped:
+            e = c["paths"][path]
+            lines.append(f"- unmapped `{path}`: in {e['documents']:,} documents, types {_types(e['types'])}")
+        for path in ignored:
+            lines.append(f"- ignored by declaration `{path}`: in {c['paths'][path]['documents']:,} documents")
+        for s in c["type_surprises"]:
+            lines.append(f"- `{s['field']}` expects {'/'.join(s['expected'])}, seen {_types(s['seen'])}")
+        if not (unmapped or ignored or c["type_surprises"]):
+            lines.append("- every field is mapped, with the types its rules expect")
+        if c["more_paths"]:
+            lines.append(f"- and {c['more_paths']} more field paths (the census keeps the first {MAX_PATHS})")
+    return lines
+
+
+def _types(types: dict[str, int]) -> str:
+    return ", ".join(f"{t} ×{n:,}" for t, n in types.items())
+
+
+def findings(census: dict[str, Any]) -> list[str]:
+    """What ``unmapped=fail`` fails on: unmapped collections and unmapped top-level fields."""
+    out = [f"collection {name!r} ({n} documents) is not mapped"
+           for name, n in (census.get("unmapped_collections") or {}).items()]
+    for collection, c in (census.get("collections") or {}).items():
+        out += [f"{collection}.{f} ({c['paths'][f]['documents']} documents) is not mapped" for f in c["unmapped_fields"]]
+    return out

@@ -1,0 +1,74 @@
+"""The source census: every field path of every document, its BSON types, and its mark."""
+from __future__ import annotations
+
+import datetime as dt
+
+from bson import Int64, ObjectId
+
+from authmigrate.census import FieldCensus, classify, collection_census, findings, report_lines
+
+UTC = dt.timezone.utc
+
+
+def census_of(docs):
+    c = FieldCensus()
+    c.add(docs[:2])
+    c.add(docs[2:])  # batch by batch, as the transform decodes
+    return c
+
+
+def test_every_path_is_counted_with_its_types_in_every_document():
+    docs = [
+        {"_id": ObjectId(), "userId": "1", "signCount": 3, "providerRoles": ["a", "b"], "__v": 0},
+        {"_id": ObjectId(), "userId": "2", "signCount": "12", "providerRoles": [], "prefs": {"theme": "dark"}},
+        {"_id": ObjectId(), "userId": 3, "signCount": Int64(5), "providerRoles": ["a", 7],
+         "prefs": {"theme": None, "tags": [{"k": 1}]}},
+        {"_id": ObjectId(), "userId": "4", "createdAt": dt.datetime(2024, 1, 1, tzinfo=UTC), "signCount": None},
+    ]
+    paths = census_of(docs).paths()
+    assert paths["_id"] == {"documents": 4, "types": {"objectId": 4}}
+    assert paths["userId"] == {"documents": 4, "types": {"int": 1, "string": 3}}
+    assert paths["signCount"] == {"documents": 4, "types": {"int": 1, "long": 1, "null": 1, "string": 1}}
+    assert paths["providerRoles"] == {"documents": 3, "types": {"array": 3}}
+    assert paths["providerRoles[]"] == {"documents": 2, "types": {"int": 1, "string": 3}}
+    assert paths["prefs"] == {"documents": 2, "types": {"object": 2}}
+    assert paths["prefs.theme"] == {"documents": 2, "types": {"null": 1, "string": 1}}
+    assert paths["prefs.tags[]"] == {"documents": 1, "types": {"object": 1}}
+    assert paths["prefs.tags[].k"] == {"documents": 1, "types": {"int": 1}}
+    assert paths["createdAt"] == {"documents": 1, "types": {"date": 1}}
+    assert paths["__v"] == {"documents": 1, "types": {"int": 1}}
+
+
+def test_paths_are_marked_and_type_surprises_found():
+    docs = [{"_id": 1, "userId": "1", "signCount": "12", "__v": 0, "legacyFlag": True, "prefs": {"a": 1}},
+            {"_id": 2, "userId": "2", "signCount": 4, "signCountX": None}]
+    out = classify(census_of(docs).paths(), mapped={"userId", "signCount"}, ignored={"__v"},
+                   expects={"signCount": ("int", "long"), "userId": ("string",)})
+    marks = {p: e["mark"] for p, e in out["paths"].items()}
+    assert marks == {"_id": "mapped", "userId": "mapped", "signCount": "mapped", "__v": "ignored",
+                     "legacyFlag": "unmapped", "prefs": "unmapped", "prefs.a": "unmapped", "signCountX": "unmapped"}
+    assert out["unmapped_fields"] == ["legacyFlag", "prefs", "signCountX"]
+    assert out["type_surprises"] == [{"field": "signCount", "expected": ["int", "long"], "seen": {"string": 1}}]
+
+
+def test_a_collection_census_uses_the_declaration_and_the_rules():
+    docs = [{"_id": ObjectId(), "userId": "000000000001", "username": "a", "signCount": "7", "__v": 0,
+             "favouriteColour": "red"}]
+    c = collection_census(census_of(docs), "users")
+    assert c["documents"] == 1
+    assert c["unmapped_fields"] == ["favouriteColour"]
+    assert c["type_surprises"] == [{"field": "signCount", "expected": ["int", "long"], "seen": {"string": 1}}]
+    census = {"unmapped_collections": {"userappconsents": 44}, "collections": {"users": c}}
+    text = "\n".join(report_lines(census))
+    assert "- `userappconsents`: 44 documents" in text
+    assert "- unmapped `favouriteColour`: in 1 documents, types string ×1" in text
+    assert "- ignored by declaration `__v`: in 1 documents" in text
+    assert "- `signCount` expects int/long, seen string ×1" in text
+    assert findings(census) == ["collection 'userappconsents' (44 documents) is not mapped",
+                                "users.favouriteColour (1 documents) is not mapped"]
+
+
+def test_values_never_reach_the_census():
+    secret = "hunter2-secret-value"
+    c = collection_census(census_of([{"_id": 1, "password": secret, "extra": secret}]), "users")
+    assert secret not in repr(c)
