@@ -18,16 +18,21 @@ rejects per reason with examples, time per task, every check); the same report i
 `authmigrate.rejects` (filter by `run_id`). Optional at the end: `invalidate_cache` and
 `cutover` (Redis switch `authmigrate:datastore`; rollback: `redis-cli SET authmigrate:datastore mongo`).
 Tick *dry run* to export and transform only: the report lists what would be rejected.
+
+**Assets**: each load emits an asset event per target table it committed (asset alias
+`authmigrate:<table>`, asset `postgres://host:port/database/schema/table`), so downstream DAGs
+can be scheduled on the migrated data. The report's **census** lists what the source holds
+that this run does not take (param *unmapped* = fail makes that a failed validation).
 """
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Param, TaskGroup, task
+from airflow.sdk import DAG, AssetAlias, Param, TaskGroup, task
 
 from authmigrate import tasks
 from authmigrate.config import (DAG_ID, DEFAULT_CONN_IDS, DEFAULT_SOURCE_COLLECTIONS, SCHEMA_PATTERN,
                                 default_cache_keys, export_parallelism, schedule, task_defaults)
-from authmigrate.registry import COLLECTIONS
+from authmigrate.registry import COLLECTIONS, SESSIONS, asset_alias
 
 WHAT, HOW, SAFETY, CONNECTIONS = "What to migrate", "How", "Safety", "Connections"
 
@@ -137,7 +142,8 @@ with DAG(
             export = task(task_id="export", max_active_tis_per_dag=export_parallelism())(tasks.export).expand(
                 chunk=chunks)
             transform = task(task_id="transform", trigger_rule="none_failed")(tasks.transform)(name)
-            load = task(task_id="load", trigger_rule="none_failed")(tasks.load)(name)
+            load = task(task_id="load", trigger_rule="none_failed",
+                        outlets=[AssetAlias(asset_alias(t.name)) for t in spec.tables])(tasks.load)(name)
             export >> transform >> load
         groups[name] = (transform, load)
         prepare >> load >> validate
@@ -148,7 +154,8 @@ with DAG(
     with TaskGroup(group_id="sessions"):
         sessions_export = task(task_id="export")(tasks.sessions_export)()
         sessions_transform = task(task_id="transform", trigger_rule="none_failed")(tasks.sessions_transform)()
-        sessions_load = task(task_id="load", trigger_rule="none_failed")(tasks.sessions_load)()
+        sessions_load = task(task_id="load", trigger_rule="none_failed",
+                             outlets=[AssetAlias(asset_alias(SESSIONS.name))])(tasks.sessions_load)()
         sessions_export >> sessions_transform >> sessions_load
     for name in ("users", "oauthClientApps"):
         groups[name][0] >> sessions_transform

@@ -201,3 +201,9 @@ SESSION_KINDS = {
     "osid": ("oauth_access", ("oauthClientAppId", "createdAt")),
     "orsid": ("oauth_refresh", ("oauthClientAppId", "createdAt", "scope")),
 }
+
+
+def asset_alias(table: str) -> str:
+    """The Airflow asset alias a load task emits its target table's asset events through (the
+    table's real URI, host and schema included, is known only at run time)."""
+    return f"authmigrate:{table}"

@@ -181,7 +181,27 @@ def load(collection: str) -> dict:
     from authmigrate.lock import held
 
     with held(cfg, _lock_acquired_at(ctx["ti"])) as guard:
-        return load_collection(cfg, collection, transformed, guard)
+        result = load_collection(cfg, collection, transformed, guard)
+    _emit_assets(ctx, cfg, result["changes"])
+    return result
+
+
+def _emit_assets(ctx, cfg: RunConfig, changes: dict[str, dict[str, int]]) -> None:
+    """After the commit: one asset event per target table, through the task's asset aliases,
+    named as the Postgres provider names tables (postgres://host:port/database/schema/table; its
+    OpenLineage dataset: namespace postgres://host:port, name database.schema.table), with the
+    run and the table's changes as extra. Downstream DAGs can be scheduled on the data."""
+    from airflow.providers.postgres.assets.postgres import create_asset
+    from airflow.sdk import AssetAlias, BaseHook
+
+    from authmigrate.registry import asset_alias
+
+    conn = BaseHook.get_connection(cfg.postgres_conn_id)
+    for table, change in changes.items():
+        asset = create_asset(host=conn.host, port=conn.port or 5432, database=conn.schema or "postgres",
+                             schema=cfg.target_schema, table=table)
+        ctx["outlet_events"][AssetAlias(asset_alias(table))].add(
+            asset, extra={"run_id": cfg.run_id, "mode": cfg.mode, **{k: int(v) for k, v in change.items()}})
 
 
 def _require_sessions(cfg: RunConfig) -> None:
@@ -225,7 +245,9 @@ def sessions_load() -> dict:
     from authmigrate.registry import SESSIONS
 
     with held(cfg, _lock_acquired_at(ctx["ti"])) as guard:
-        return load_tables(cfg, "sessions", (SESSIONS,), (), transformed, guard)
+        result = load_tables(cfg, "sessions", (SESSIONS,), (), transformed, guard)
+    _emit_assets(ctx, cfg, result["changes"])
+    return result
 
 
 @_task(timed=False)

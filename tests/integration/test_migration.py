@@ -253,3 +253,20 @@ def test_the_census_lists_what_the_run_does_not_take_and_unmapped_fail_fails_on_
     failed = [line for line in report.splitlines() if "[FAILED] census (unmapped=fail)" in line]
     assert failed and "collection 'userappconsents' (3 documents) is not mapped" in failed[0]
     assert "users.favouriteColour (2 documents) is not mapped" in failed[0]
+
+
+def test_every_committed_table_emits_an_asset_event_named_after_the_target(migration):
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    from tests.integration.conftest import TABLES
+
+    migration.seed(documents())
+    dr = migration.run()
+    with create_session() as session:
+        events = {e.asset.uri: e.extra for e in session.query(AssetEvent).filter(AssetEvent.source_run_id == dr.run_id)}
+    db = migration.pg_uri.rsplit("/", 1)[1]
+    loaded = [t for t in TABLES if t not in ("permissions", "role_permissions", "sessions")]  # sessions: off here
+    assert set(events) == {f"postgres://127.0.0.1:5432/{db}/{migration.schema}/{t}" for t in loaded}
+    users = events[f"postgres://127.0.0.1:5432/{db}/{migration.schema}/users"]
+    assert users == {"run_id": dr.run_id, "mode": "full", "inserted": 6, "updated": 0, "deleted": 0}
