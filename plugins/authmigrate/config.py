@@ -11,17 +11,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from authmigrate.registry import COLLECTIONS
+
 DAG_ID = "mongo_to_postgres"
 DEFAULT_CONN_IDS = {"mongo": "mongo_default", "postgres": "postgres_default", "redis": "redis_default"}
 BOOKKEEPING_SCHEMA = "authmigrate"
 
-# Logical collection name -> default MongoDB collection name. An app using Mongoose
-# stores them lower-cased and pluralised (oauthclientapps, oauthroles): check yours.
-DEFAULT_SOURCE_COLLECTIONS = {
-    "users": "users",
-    "oauthClientApps": "oauthClientApps",
-    "oauthRoles": "oauthRoles",
-}
+# Logical collection name -> default MongoDB collection name, from the collections' declarations
+# (registry.py). An app using Mongoose stores them lower-cased and pluralised (oauthclientapps,
+# oauthroles): check yours.
+DEFAULT_SOURCE_COLLECTIONS = {name: spec.name for name, spec in COLLECTIONS.items()}
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 

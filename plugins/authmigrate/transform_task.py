@@ -306,9 +306,11 @@ def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstre
         users = upstream.get("users")
         legacy = read_frame(users["extras"]["legacy_owners"]) if users else pd.DataFrame(columns=["app_id", "user_id"])
         result = tf.transform_apps(frame, _keys(cfg, "users", users), legacy, existing)
-    else:
+    elif collection == "oauthRoles":
         result = tf.transform_roles(frame, _keys(cfg, "users", upstream.get("users")),
                                     _keys(cfg, "oauthClientApps", upstream.get("oauthClientApps")), existing)
+    else:  # never route a collection to another's rules
+        raise NotImplementedError(f"no transform for collection {collection!r}: add it to transform_collection")
     stamps = [t for t in frame.get("updatedAt", ()) if isinstance(t, dt.datetime)]
     return _outputs(collection, out, result, {}, undecodable, max(stamps) if stamps else None,
                     incremental, source_keys_path, batch_keys_path, collection_census(census, collection))
