@@ -23,7 +23,7 @@ def _task(fn=None, *, timed: bool = True, renew: bool = True):
     """What every task body shares:
     - a failure no retry can fix (``config.Permanent``: bad params or settings, a validation
       finding, a refused cutover, a target locked by a live run) fails the task at once,
-      without retries, and logs one line saying what failed and what to do;
+      without retries, its message ending with what to do (``mark_failed`` logs it);
     - while the body runs, the run's migration lock is renewed (``renew``), so only a dead run's
       lock ever expires;
     - with ``timed``, the task's own duration goes into its XCom (the report's time per task),
@@ -116,7 +116,8 @@ def prepare() -> dict:
     client = lock.redis_client(cfg)
     refuse_after_cutover(client)
     lock.acquire_waiting(client, lock.lock_key(cfg), cfg.run_id)
-    return {**load.prepare(cfg, dict(ctx["params"])), "lock_acquired_at": time.time()}
+    acquired_at = time.time()  # the lock is at least this fresh (the outage tolerance and staging cleanup use it)
+    return {**load.prepare(cfg, dict(ctx["params"])), "lock_acquired_at": acquired_at}
 
 
 def _lock_acquired_at(ti) -> float | None:
