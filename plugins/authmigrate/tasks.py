@@ -115,8 +115,8 @@ def prepare() -> dict:
 
     client = lock.redis_client(cfg)
     refuse_after_cutover(client)
+    acquired_at = time.time()  # no later than the lock was set: ages computed from it err on the safe side
     lock.acquire_waiting(client, lock.lock_key(cfg), cfg.run_id)
-    acquired_at = time.time()  # the lock is at least this fresh (the outage tolerance and staging cleanup use it)
     return {**load.prepare(cfg, dict(ctx["params"])), "lock_acquired_at": acquired_at}
 
 
