@@ -13,6 +13,7 @@ _ADD_CONSTRAINT = re.compile(
 _CREATE_INDEX = re.compile(
     r"^CREATE (?P<unique>UNIQUE )?INDEX IF NOT EXISTS (?P<name>\w+) ON (?P<table>\w+)", re.I
 )
+_CREATE_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (?P<table>\w+) \((?P<body>.*)\)$", re.S | re.I)
 _FOREIGN_KEY = re.compile(
     r"FOREIGN KEY \((?P<cols>[^)]+)\) REFERENCES (?P<ref>\w+) \((?P<refcols>[^)]+)\)", re.I
 )
@@ -98,3 +99,19 @@ def declared_indexes() -> tuple[Index, ...]:
 
 def foreign_keys() -> tuple[Constraint, ...]:
     return tuple(c for c in declared_constraints() if c.kind == "f")
+
+
+@lru_cache(maxsize=None)
+def declared_tables() -> dict[str, dict[str, tuple[str, bool]]]:
+    """What schema.sql creates: {table: {column: (SQL type, NOT NULL)}}."""
+    out = {}
+    for stmt in statements("schema"):
+        m = _CREATE_TABLE.match(stmt)
+        if m:
+            columns = {}
+            for line in m["body"].split(","):
+                words = line.split()
+                if words:
+                    columns[words[0]] = (words[1].lower(), "not null" in line.lower())
+            out[m["table"]] = columns
+    return out
