@@ -162,5 +162,6 @@ with DAG(
         groups[name][1] >> sessions_load
     prepare >> sessions_export  # read Redis once the run holds the lock
     sessions_load >> validate
-    # a teardown: releases the migration lock however the run ended (ignored for the run's state)
-    validate >> task(task_id="release_lock")(tasks.release_lock)().as_teardown()
+    # a teardown after the last task that needs the lock (cutover flips the app's switch while this
+    # run still holds the target): releases it however the run ended (ignored for the run's state)
+    cutover >> task(task_id="release_lock")(tasks.release_lock)().as_teardown()

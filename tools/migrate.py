@@ -2,9 +2,9 @@
 unchanged, then a closing summary, so that the last lines say how the run ended and, for a failed
 run, which task failed, why, and what to do (the lines the tasks log with ``FAILURE_MARK``).
 
-The exit code is airflow's: 0 when the run succeeded, non-zero otherwise. The airflow process
-dies with this one (PR_SET_PDEATHSIG), so killing `make migrate` never leaves a run behind that
-keeps renewing the migration lock.
+The exit code is airflow's: 0 when the run succeeded, non-zero otherwise. This process dies with
+its parent and the airflow process with this one (PR_SET_PDEATHSIG), so killing `make migrate`
+never leaves a run behind that keeps renewing the migration lock.
 
     python -m tools.migrate --conf '{"dry_run": true}'
 """
@@ -26,7 +26,7 @@ _LOG_TAIL = re.compile(r"\s+\[authmigrate\](\s+\S+=\S+)*\s*$")  # structlog's "[
 _FINISHED = re.compile(r"DagRun Finished: .*?run_id=(?P<run_id>[^,]+),.*?state=(?P<state>\w+)")
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _die_with_parent() -> None:  # in this process, and in the airflow child between fork and exec
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
@@ -53,6 +53,7 @@ def summary(lines, returncode: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _die_with_parent()  # killing `make migrate` (make, then this) ends the whole run
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conf", default="{}", help="the run's params as JSON")
     parser.add_argument("--airflow", default=str(Path(sys.executable).with_name("airflow")))

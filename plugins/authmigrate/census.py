@@ -15,8 +15,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Iterable
 
-MAX_PATHS = 500  # per collection, in the report and the XCom; beyond it the census says how many more
+MAX_PATHS = 500  # nested paths kept per collection (top-level fields: all); beyond it the census says how many more
 MAX_DEPTH = 4  # sub-documents are looked into this deep
+MAX_KEYS = 32  # distinct field names under one sub-document path; more and it is a map keyed by data
+# (ids, e-mails): its keys are counted as `path.*`, never named
 
 _BSON_NAMES = {
     "str": "string", "int": "int", "Int64": "long", "float": "double", "bool": "bool", "datetime": "date",
@@ -40,6 +42,7 @@ class FieldCensus:
         self._inner: Counter = Counter()  # (path, bson type) inside arrays and sub-documents
         self._inner_docs: Counter = Counter()  # path -> documents holding it (inside sub-documents)
         self._deep_of: dict[tuple, tuple[str, ...]] = {}
+        self._keys_under: dict[str, set[str]] = {}  # sub-document path -> field names seen (at most MAX_KEYS)
 
     def add(self, docs: Iterable[dict]) -> None:
         signatures, deep_of = self._signatures, self._deep_of
@@ -74,7 +77,14 @@ class FieldCensus:
                     if isinstance(element, dict) and depth < MAX_DEPTH:
                         self._walk(element, f"{path}[].", depth + 1, seen)
             elif isinstance(value, dict) and depth < MAX_DEPTH:
-                self._walk(value, f"{path}.", depth + 1, seen)
+                names = self._keys_under.setdefault(path, set())
+                if len(names) <= MAX_KEYS:
+                    names.update(value)
+                if len(names) <= MAX_KEYS:
+                    self._walk(value, f"{path}.", depth + 1, seen)
+                else:  # more names than a schema has: a map keyed by data (ids, e-mails), counted as `path.*`
+                    for element in value.values():
+                        self._walk({"*": element}, f"{path}.", depth + 1, seen)
 
     def paths(self) -> dict[str, dict[str, Any]]:
         """{path: {"documents": n, "types": {bson type: n}}}; for array elements (``path[]``) the
@@ -85,10 +95,25 @@ class FieldCensus:
                 entry = out.setdefault(field, {"documents": 0, "types": Counter()})
                 entry["documents"] += n
                 entry["types"][bson_type(python_type)] += n
+        maps = sorted((p for p, names in self._keys_under.items() if len(names) > MAX_KEYS), key=len)
+        for path, documents in self._inner_docs.items():  # a map's keys were named until it grew: fold them
+            entry = out.setdefault(_as_map_path(path, maps), {"documents": 0, "types": Counter()})
+            entry["documents"] = min(entry["documents"] + documents, self.documents)
         for (path, name), n in self._inner.items():
-            out.setdefault(path, {"documents": self._inner_docs[path], "types": Counter()})["types"][name] += n
+            out[_as_map_path(path, maps)]["types"][name] += n
         return {p: {"documents": e["documents"], "types": dict(sorted(e["types"].items()))}
                 for p, e in sorted(out.items())}
+
+
+def _as_map_path(path: str, maps: list[str]) -> str:
+    """``path`` with the key under each map path replaced by ``*`` (``prefs.byEmail.a@b.c`` →
+    ``prefs.byEmail.*``)."""
+    for m in maps:
+        if path.startswith(m + "."):
+            rest = path[len(m) + 1:]
+            cut = min([i for i in (rest.find("."), rest.find("[")) if i >= 0], default=len(rest))
+            path = f"{m}.*{rest[cut:]}"
+    return path
 
 
 def classify(paths: dict[str, dict], mapped: Iterable[str], ignored: Iterable[str],
@@ -110,10 +135,12 @@ def classify(paths: dict[str, dict], mapped: Iterable[str], ignored: Iterable[st
             odd = {t: n for t, n in entry["types"].items() if t not in expects[path] and t != "null"}
             if odd:
                 surprises.append({"field": path, "expected": list(expects[path]), "seen": odd})
-    unmapped = [p for p, e in marked.items() if e["mark"] == "unmapped" and "." not in p and "[]" not in p]
-    shown = dict(list(marked.items())[:MAX_PATHS])
-    return {"paths": shown, "more_paths": len(marked) - len(shown), "unmapped_fields": unmapped,
-            "type_surprises": surprises}
+    top_level = {p: e for p, e in marked.items() if "." not in p and "[]" not in p}
+    nested = [(p, e) for p, e in marked.items() if p not in top_level]
+    shown = {**top_level, **dict(nested[:MAX_PATHS])}
+    unmapped = {p: e["documents"] for p, e in top_level.items() if e["mark"] == "unmapped"}
+    return {"paths": dict(sorted(shown.items())), "more_paths": len(marked) - len(shown),
+            "unmapped_fields": unmapped, "type_surprises": surprises}
 
 
 def collection_census(census: FieldCensus, collection: str) -> dict[str, Any]:
@@ -124,22 +151,24 @@ def collection_census(census: FieldCensus, collection: str) -> dict[str, Any]:
     spec = COLLECTIONS[collection]
     rules = tf.RULES.get(collection, {})
     expects = {source: getattr(rule, "expects", ()) for source, rule in rules.values() if getattr(rule, "expects", ())}
-    return {"documents": census.documents,
+    from authmigrate.config import server_projection
+
+    return {"documents": census.documents, "projected": server_projection(),
             **classify(census.paths(), spec.projection, spec.ignored, expects)}
 
 
-def source_collections(cfg) -> dict[str, int] | None:
-    """Every collection of the source database that no mapped collection of this run reads, with
-    its document count (exact: count_documents), system collections left out. None when the
-    source lists no collections (not a live MongoDB)."""
+def source_collections(cfg) -> dict[str, int]:
+    """Every collection of the source database that no declaration maps, with its document
+    count (``estimatedDocumentCount``: from the collection's metadata, no scan), system
+    collections left out."""
     from airflow.providers.mongo.hooks.mongo import MongoHook
+
+    from authmigrate.registry import COLLECTIONS
 
     hook = MongoHook(mongo_conn_id=cfg.mongo_conn_id)
     db = hook.get_conn()[hook.connection.schema]
-    from authmigrate.registry import COLLECTIONS
-
     read = {cfg.source_collections[c] for c in COLLECTIONS}
-    return {name: db[name].count_documents({}) for name in sorted(db.list_collection_names())
+    return {name: db[name].estimated_document_count() for name in sorted(db.list_collection_names())
             if name not in read and not name.startswith("system.")}
 
 
@@ -147,7 +176,9 @@ def report_lines(census: dict[str, Any]) -> list[str]:
     """The report's census section (markdown)."""
     lines = ["## Source census: what this run does not take", ""]
     others = census.get("unmapped_collections") or {}
-    if others:
+    if census.get("error"):
+        lines.append(f"The source's collections could not be listed ({census['error']}).")
+    elif others:
         lines.append("Collections in the source that no declaration maps (not migrated):")
         lines += [f"- `{name}`: {n:,} documents" for name, n in others.items()]
     else:
@@ -156,6 +187,9 @@ def report_lines(census: dict[str, Any]) -> list[str]:
         unmapped = [p for p, e in c["paths"].items() if e["mark"] == "unmapped"]
         ignored = [p for p, e in c["paths"].items() if e["mark"] == "ignored" and "." not in p and "[]" not in p]
         lines += ["", f"**{collection}** ({c['documents']:,} documents, {len(c['paths']) + c['more_paths']} field paths):"]
+        if c.get("projected"):
+            lines.append("- only mapped fields were read (AUTHMIGRATE_SERVER_PROJECTION=true): unmapped fields "
+                         "cannot be seen")
         for path in unmapped:
             e = c["paths"][path]
             lines.append(f"- unmapped `{path}`: in {e['documents']:,} documents, types {_types(e['types'])}")
@@ -178,6 +212,8 @@ def findings(census: dict[str, Any]) -> list[str]:
     """What ``unmapped=fail`` fails on: unmapped collections and unmapped top-level fields."""
     out = [f"collection {name!r} ({n} documents) is not mapped"
            for name, n in (census.get("unmapped_collections") or {}).items()]
+    if census.get("error"):
+        out.append(f"the source's collections could not be listed ({census['error']})")
     for collection, c in (census.get("collections") or {}).items():
-        out += [f"{collection}.{f} ({c['paths'][f]['documents']} documents) is not mapped" for f in c["unmapped_fields"]]
+        out += [f"{collection}.{f} ({n} documents) is not mapped" for f, n in c["unmapped_fields"].items()]
     return out

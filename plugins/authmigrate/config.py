@@ -81,6 +81,14 @@ def _choice(value: Any, choices: tuple[str, ...], what: str) -> str:
     return value
 
 
+def _unmapped(value: Any) -> str:
+    value = _choice(value, ("report", "fail"), "unmapped")
+    if value == "fail" and server_projection():
+        raise ConfigError("unmapped=fail needs every field of every document, but AUTHMIGRATE_SERVER_PROJECTION=true "
+                          "reads the mapped fields only: unset it for this run, or use unmapped=report")
+    return value
+
+
 def default_cache_keys() -> dict[str, list[str]]:
     """Cache-key patterns from AUTHMIGRATE_CACHE_KEYS (JSON), e.g.
     {"users": ["cache:user:{id}"], "oauth_client_apps": ["cache:oauth_app:{client_id}"]}."""
@@ -233,7 +241,7 @@ class RunConfig:
             overlap_seconds=int(params.get("overlap_seconds", 300)),
             cutover=bool(params.get("cutover", False)),
             cache_keys=validate_cache_keys(params.get("cache_keys") or {}),
-            unmapped=_choice(params.get("unmapped", "report"), ("report", "fail"), "unmapped"),
+            unmapped=_unmapped(params.get("unmapped", "report")),
         )
 
     def staging_dir(self) -> Path:

@@ -39,6 +39,23 @@ local v = redis.call('GET', KEYS[1])
 if v and cjson.decode(v)['token'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# Lua: a new holder. The target's epoch (a counter beside the lock, never expiring) goes up by
+# one with every run that takes the lock: a run may later take back its own expired lock only
+# while the epoch is still its own, i.e. no other run has held the target since (fencing).
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+local epoch = redis.call('INCR', KEYS[2])
+local v = cjson.decode(ARGV[1])
+v['epoch'] = epoch
+redis.call('SET', KEYS[1], cjson.encode(v), 'PX', ARGV[2])
+return epoch
+"""
+_REACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if tostring(redis.call('GET', KEYS[2])) ~= ARGV[3] then return -1 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
 # Lua: the operator's override deletes the key only if it still holds exactly the value shown.
 _DELETE_IF = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -95,13 +112,28 @@ def describe(value: bytes | str | None) -> str:
     return f"run {h.get('run_id')} on host {h.get('host')}{since}"
 
 
+def _holder_value(run_id: str, token: str, epoch: int | None = None) -> str:
+    value = {"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "token": token,
+             "acquired_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return json.dumps(value if epoch is None else {**value, "epoch": epoch})
+
+
+def epoch_key(key: str) -> str:
+    return f"{key}:epoch"
+
+
+def epoch_of(client, key: str) -> int | None:
+    """The epoch recorded in the lock's value (which run of the target's history holds it)."""
+    value = client.get(key)
+    return json.loads(value).get("epoch") if value else None
+
+
 def acquire(client, key: str, run_id: str) -> str:
-    """Take the lock for ``run_id`` and return its token. A retry of the same run takes over
-    its own lock; any other holder makes this raise LockHeld."""
+    """Take the lock for ``run_id`` and return its token; the target's epoch goes up by one. A
+    retry of the same run takes over its own lock (same epoch); any other holder makes this
+    raise LockBusy."""
     token = secrets.token_hex(16)
-    value = json.dumps({"run_id": run_id, "host": socket.gethostname(), "pid": os.getpid(), "token": token,
-                        "acquired_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    if client.set(key, value, nx=True, px=ttl_ms()):
+    if client.eval(_ACQUIRE, 2, key, epoch_key(key), _holder_value(run_id, token), ttl_ms()):
         return token
     current = client.get(key)
     try:
@@ -115,7 +147,7 @@ def acquire(client, key: str, run_id: str) -> str:
                 pipe.watch(key)
                 if pipe.get(key) == current:
                     pipe.multi()
-                    pipe.set(key, value, px=ttl_ms())
+                    pipe.set(key, _holder_value(run_id, token, holder.get("epoch")), px=ttl_ms())
                     pipe.execute()
                     return token
             except Exception:  # noqa: BLE001 - WatchError: somebody changed it; report below
@@ -180,10 +212,28 @@ def release(client, key: str, token: str) -> bool:
     return bool(client.eval(_RELEASE, 1, key, token))
 
 
+def reacquire(client, key: str, run_id: str, epoch: int) -> str:
+    """Take back this run's lock after it ran out (a long pause between two of its tasks, e.g. a
+    retry's backoff) — only while no other run has taken the target since (the epoch is still
+    ours). Otherwise the run must not write: another run may have written newer data."""
+    token = secrets.token_hex(16)
+    taken = client.eval(_REACQUIRE, 2, key, epoch_key(key), _holder_value(run_id, token, epoch), ttl_ms(), epoch)
+    if taken == 1:
+        log.warning("the migration lock %s had run out; taken back (no other run held the target since)", key)
+        return token
+    if taken == -1:
+        raise LockBusy(f"another run took the target after this run's prepare (epoch {client.get(epoch_key(key))!r}, "
+                       f"this run's {epoch}): its data may be newer than this run's, so this run does not write. "
+                       f"Trigger a new run.")
+    raise LockBusy(f"the target is now locked by {describe(client.get(key))}: this run lost its lock "
+                   f"and does not write. Trigger a new run once that one is done.")
+
+
 @contextlib.contextmanager
-def held(cfg: RunConfig, acquired_at: float | None = None) -> Iterator:
-    """Inside a task of a run that took the lock in ``prepare`` (at wall-clock ``acquired_at``):
-    check that we still hold it, and keep renewing it in the background while the body runs.
+def held(cfg: RunConfig, acquired_at: float | None = None, epoch: int | None = None) -> Iterator:
+    """Inside a task of a run that took the lock in ``prepare`` (at wall-clock ``acquired_at``,
+    as the target's ``epoch``-th holder): check that we still hold it (or take it back while no
+    other run held it since), and keep renewing it in the background while the body runs.
     Yields a guard to call right before committing: it raises if the lock was lost meanwhile.
     A Redis outage is tolerated while the lock cannot have expired yet."""
     client = redis_client(cfg)
@@ -191,9 +241,10 @@ def held(cfg: RunConfig, acquired_at: float | None = None) -> Iterator:
     last_renewed = [time.monotonic()]
     try:
         token = token_of(client, key, cfg.run_id)
-        if token is None and client.exists(key) == 0:
-            token = acquire(client, key, cfg.run_id)  # expired while nobody else wanted it: take it again
-        if token is None or not renew(client, key, token):
+        if token is None:
+            # no epoch: prepare did not take the lock (marked success by hand): take it now, as a new holder
+            token = acquire(client, key, cfg.run_id) if epoch is None else reacquire(client, key, cfg.run_id, epoch)
+        if not renew(client, key, token):
             raise LockHeld(f"this run no longer holds the lock {key!r} (now held by "
                            f"{describe(client.get(key))}); refusing to write")
     except LockHeld:
@@ -261,20 +312,24 @@ def heartbeat(cfg: RunConfig) -> Iterator[None]:
     checks the lock itself (``held``)."""
     try:
         client, key = redis_client(cfg), lock_key(cfg)
-        token = token_of(client, key, cfg.run_id)
-    except Exception as exc:  # noqa: BLE001 - Redis down: the writing tasks decide
-        log.warning("could not read the migration lock (%s); this task does not renew it", exc)
-        token = None
-    if token is None:
+    except Exception as exc:  # noqa: BLE001 - no connection: the writing tasks decide
+        log.warning("could not reach the migration lock (%s); this task does not renew it", exc)
         yield
         return
+    token: list[str | None] = [None]
 
     def renew_once() -> bool:
+        """Renew while this run holds the lock; until it does (a task that started before
+        ``prepare`` took it), look again at every beat. Never takes the lock itself."""
         try:
-            return renew(client, key, token)
+            token[0] = token[0] or token_of(client, key, cfg.run_id)
+            if token[0] is not None and not renew(client, key, token[0]):
+                token[0] = None  # lost (or taken back under another token): look again
         except Exception as exc:  # noqa: BLE001 - a Redis blip: try again at the next beat
             log.warning("could not renew the migration lock (%s); trying again", exc)
-            return True
+        return True
+
+    renew_once()
 
     with _renewing(renew_once, key):
         yield
@@ -297,15 +352,25 @@ def unlock(client, ident: str) -> list[tuple[str, str]]:
     """The operator's override: remove every migration lock whose holder has this token or run
     id, each only if it still holds the value read (compare-and-delete). Returns (key, holder)."""
     removed = []
+    for key, value in locks(client).items():
+        holder = json.loads(value)
+        if ident in (holder.get("token"), holder.get("run_id")) and client.eval(_DELETE_IF, 1, key, value):
+            removed.append((key, describe(value)))
+    return removed
+
+
+def locks(client) -> dict[str, bytes]:
+    """Every migration lock in this Redis (key -> value); the targets' epoch counters left out."""
+    out = {}
     for key in client.scan_iter(match=KEY_PREFIX + "*", count=1000):
-        value = client.get(key)
+        key = key.decode() if isinstance(key, bytes) else key
+        value = None if key.endswith(":epoch") else client.get(key)
         try:
-            holder = json.loads(value) if value else {}
+            if value and isinstance(json.loads(value), dict):
+                out[key] = value
         except ValueError:
             continue
-        if ident in (holder.get("token"), holder.get("run_id")) and client.eval(_DELETE_IF, 1, key, value):
-            removed.append((key.decode() if isinstance(key, bytes) else key, describe(value)))
-    return removed
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -323,19 +388,19 @@ def main(argv: list[str] | None = None) -> int:
     from airflow.providers.redis.hooks.redis import RedisHook
 
     client = RedisHook(redis_conn_id=args.redis_conn_id).get_conn()
-    locks = {k.decode(): (client.get(k), client.pttl(k)) for k in client.scan_iter(match=KEY_PREFIX + "*")}
+    present = locks(client)
     if args.command == "list":
-        for key, (value, pttl) in sorted(locks.items()):
-            print(f"{key}: {describe(value)}, token {json.loads(value or '{}').get('token')}, "
-                  f"expires in {max(pttl, 0) / 1000:.0f}s")
-        print(f"{len(locks)} migration lock(s)")
+        for key, value in sorted(present.items()):
+            print(f"{key}: {describe(value)}, token {json.loads(value).get('token')}, "
+                  f"expires in {max(client.pttl(key), 0) / 1000:.0f}s")
+        print(f"{len(present)} migration lock(s)")
         return 0
     removed = unlock(client, args.ident)
     for key, holder in removed:
         print(f"removed {key}: held by {holder}")
     if not removed:
         print(f"no migration lock is held by {args.ident!r}; locks present: "
-              + (", ".join(f"{k} ({describe(v)})" for k, (v, _) in sorted(locks.items())) or "none"))
+              + (", ".join(f"{k} ({describe(v)})" for k, v in sorted(present.items())) or "none"))
         return 1
     return 0
 

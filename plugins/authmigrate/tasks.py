@@ -113,15 +113,20 @@ def prepare() -> dict:
     from authmigrate import load, lock
     from authmigrate.cutover import refuse_after_cutover
 
-    client = lock.redis_client(cfg)
+    client, key = lock.redis_client(cfg), lock.lock_key(cfg)
     refuse_after_cutover(client)
     acquired_at = time.time()  # no later than the lock was set: ages computed from it err on the safe side
-    lock.acquire_waiting(client, lock.lock_key(cfg), cfg.run_id)
-    return {**load.prepare(cfg, dict(ctx["params"])), "lock_acquired_at": acquired_at}
+    lock.acquire_waiting(client, key, cfg.run_id)
+    epoch = lock.epoch_of(client, key)
+    with lock.heartbeat(cfg):
+        prepared = load.prepare(cfg, dict(ctx["params"]))
+    return {**prepared, "lock_acquired_at": acquired_at, "lock_epoch": epoch}
 
 
-def _lock_acquired_at(ti) -> float | None:
-    return (ti.xcom_pull(task_ids="prepare") or {}).get("lock_acquired_at")
+def _lock(ti) -> tuple[float | None, int | None]:
+    """When prepare took the migration lock, and as the target's how-manieth holder."""
+    prepared = ti.xcom_pull(task_ids="prepare") or {}
+    return prepared.get("lock_acquired_at"), prepared.get("lock_epoch")
 
 
 @_task(timed=False)
@@ -181,7 +186,7 @@ def load(collection: str) -> dict:
     from authmigrate.load import load_collection
     from authmigrate.lock import held
 
-    with held(cfg, _lock_acquired_at(ctx["ti"])) as guard:
+    with held(cfg, *_lock(ctx["ti"])) as guard:
         result = load_collection(cfg, collection, transformed, guard)
     _emit_assets(ctx, cfg, result["changes"])
     return result
@@ -203,6 +208,14 @@ def _emit_assets(ctx, cfg: RunConfig, changes: dict[str, dict[str, int]]) -> Non
                              schema=cfg.target_schema, table=table)
         ctx["outlet_events"][AssetAlias(asset_alias(table))].add(
             asset, extra={"run_id": cfg.run_id, "mode": cfg.mode, **{k: int(v) for k, v in change.items()}})
+
+
+def _held(cfg: RunConfig, ti):
+    """The run's lock, checked on entry and renewed meanwhile (validate writes the run's record
+    and advances the watermarks: only while this run still holds the target)."""
+    from authmigrate.lock import held
+
+    return held(cfg, *_lock(ti))
 
 
 def _require_sessions(cfg: RunConfig) -> None:
@@ -245,7 +258,7 @@ def sessions_load() -> dict:
     from authmigrate.lock import held
     from authmigrate.registry import SESSIONS
 
-    with held(cfg, _lock_acquired_at(ctx["ti"])) as guard:
+    with held(cfg, *_lock(ctx["ti"])) as guard:
         result = load_tables(cfg, "sessions", (SESSIONS,), (), transformed, guard)
     _emit_assets(ctx, cfg, result["changes"])
     return result
@@ -259,9 +272,10 @@ def validate() -> dict:
     from authmigrate.validate import ValidationFailed, validate_run
 
     prepared = ctx["ti"].xcom_pull(task_ids="prepare") or {}
-    result = validate_run(cfg, _results(ctx["ti"], cfg), {"prepare": prepared.get("seconds", 0.0)})
+    with contextlib.nullcontext() if cfg.dry_run else _held(cfg, ctx["ti"]):
+        result = validate_run(cfg, _results(ctx["ti"], cfg), {"prepare": prepared.get("seconds", 0.0)})
     if not result["passed"]:
-        raise ValidationFailed("dry run: the reject ratio is over max_reject_ratio")
+        raise ValidationFailed("dry run: validation failed:\n" + "\n".join(result["failed"]))
     remove_run(cfg)
     if not cfg.dry_run:
         result["stale_staging_removed"] = remove_stale(cfg, prepared.get("lock_acquired_at"))

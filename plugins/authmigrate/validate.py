@@ -248,9 +248,15 @@ def source_census(cfg: RunConfig, results: dict[str, dict]) -> dict:
     now), and each transformed collection's field census (counted while it decoded)."""
     from authmigrate.census import source_collections
 
-    return {"unmapped_collections": source_collections(cfg),
-            "collections": {c: r["transform"]["census"] for c, r in results.items()
-                            if c in COLLECTIONS and (r.get("transform") or {}).get("census")}}
+    collections = {c: r["transform"]["census"] for c, r in results.items()
+                   if c in COLLECTIONS and (r.get("transform") or {}).get("census")}
+    try:
+        return {"unmapped_collections": source_collections(cfg), "collections": collections}
+    except Exception as exc:  # noqa: BLE001 - with unmapped=report, the census never fails a run
+        if cfg.unmapped == "fail":
+            raise
+        log.warning("census: could not list the source's collections (%s)", type(exc).__name__)
+        return {"unmapped_collections": {}, "collections": collections, "error": type(exc).__name__}
 
 
 def census_check(cfg: RunConfig, census: dict) -> list[Check]:
@@ -290,7 +296,7 @@ def validate_run(cfg: RunConfig, results: dict[str, dict], task_times: dict[str,
         files = report_files.write(cfg.run_id, report, timings(results, task_times), None)
         log.info("dry run, nothing written to the target:\n%s\nreport files: %s", report, files)
         return {"passed": all(c.ok for c in checks), "report": report, "reject_ratio": reject_ratio(results)[2],
-                "files": files}
+                "files": files, "failed": [c.line() for c in checks if not c.ok]}
     with connect(cfg) as conn:
         with conn.transaction():
             use_schema(conn, cfg)

@@ -39,6 +39,10 @@ def test_sessions_are_synced_and_redis_is_left_untouched(seeded):
     before = redis_snapshot(migration.redis)
     dr = migration.run(sessions=True)
     after = redis_snapshot(migration.redis)
+    # the pipeline's own keys: the lock is gone again, only the target's epoch counter stays
+    own = {k for k in after if k.startswith(b"authmigrate:")}
+    assert len(own) == 1 and next(iter(own)).endswith(b":epoch") and not any(k.startswith(b"authmigrate:") for k in before)
+    after = {k: v for k, v in after.items() if k not in own}
     assert set(after) == set(before), "the run added or removed Redis keys"
     for key, (kind, value, pttl) in before.items():
         assert after[key][:2] == (kind, value), key
@@ -130,7 +134,8 @@ def test_lock_refuses_a_live_run_at_once_and_a_dead_runs_lock_never_blocks(migra
     assert migration.sql("SELECT count(*) FROM authmigrate.runs WHERE run_id = %s", (refused,)) == [(0,)], \
         "the refused run left no trace in authmigrate.runs"
 
-    # a dead run's lock (within the TTL, renewed by nobody): the next run's prepare waits it out
+    # a dead run's lock (within the TTL, renewed by nobody): the next run goes through, whether the
+    # lock has run out by the time its prepare looks or prepare waits it out (that path: the next test)
     migration.redis.set(key, json.dumps({"run_id": "killed-run", "host": "worker-7", "token": "t2"}), px=2000)
     dr = migration.run()
     assert {ti.task_id: ti.try_number for ti in dr.get_task_instances()}["prepare"] == 1
@@ -175,6 +180,44 @@ def test_acquire_waits_out_a_lock_nobody_renews_and_refuses_a_renewed_one(migrat
     r.delete(f"{prefix}-dead", f"{prefix}-live", f"{prefix}-forever")
 
 
+def test_a_run_that_lost_its_lock_never_writes_and_takes_it_back_only_if_nobody_held_it_since(migration):
+    from authmigrate import lock
+    from authmigrate.config import RunConfig
+
+    a, b = (RunConfig.from_params({"target_schema": migration.schema}, run) for run in ("run-a", "run-b"))
+    key, r = lock.lock_key(a), migration.redis
+    r.delete(key, lock.epoch_key(key))
+    lock.acquire(r, key, "run-a")
+    epoch_a = lock.epoch_of(r, key)
+
+    # a's lock ran out (a long retry backoff) and nobody wanted the target: a takes it back
+    r.pexpire(key, 1)
+    _wait_gone(r, key)
+    with lock.held(a, epoch=epoch_a) as guard:
+        guard()
+    assert json.loads(r.get(key))["run_id"] == "run-a" and lock.epoch_of(r, key) == epoch_a
+
+    # while a's task runs, its lock is taken from it: the guard before the commit refuses
+    with pytest.raises(lock.LockHeld, match="lost while the task ran; not committing"):
+        with lock.held(a, epoch=epoch_a) as guard:
+            r.delete(key)
+            lock.acquire(r, key, "run-b")
+            guard()
+    assert lock.epoch_of(r, key) == epoch_a + 1
+
+    # b holds the target: a refuses to write, for good (not a retry)
+    with pytest.raises(lock.LockBusy, match="now locked by run run-b"):
+        with lock.held(a, epoch=epoch_a):
+            pass
+    # b finished: the lock is free, but b may have written newer data: a still refuses
+    lock.release(r, key, lock.token_of(r, key, "run-b"))
+    with pytest.raises(lock.LockBusy, match="another run took the target after this run's prepare"):
+        with lock.held(a, epoch=epoch_a):
+            pass
+    assert r.exists(key) == 0, "a refusing run takes nothing"
+    del b
+
+
 def test_unlock_removes_only_the_named_holders_lock_and_says_what_it_removed(migration):
     import subprocess
     import sys
@@ -186,6 +229,7 @@ def test_unlock_removes_only_the_named_holders_lock_and_says_what_it_removed(mig
     mine, other = f"{KEY_PREFIX}h:5432/db/{suffix}_a", f"{KEY_PREFIX}h:5432/db/{suffix}_b"
     r.set(mine, json.dumps({"run_id": f"dead-{suffix}", "host": "w1", "token": f"tok-{suffix}"}), px=60_000)
     r.set(other, json.dumps({"run_id": f"live-{suffix}", "host": "w2", "token": "x"}), px=60_000)
+    r.set(f"{mine}:epoch", 7)  # the target's epoch counter: never a lock, never removed
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}:{ROOT}"}
 
     def unlock(ident):
@@ -200,6 +244,8 @@ def test_unlock_removes_only_the_named_holders_lock_and_says_what_it_removed(mig
     assert nothing.returncode == 1 and f"no migration lock is held by 'dead-{suffix}'" in nothing.stdout
     assert other in nothing.stdout and r.exists(other)
     assert unlock(f"live-{suffix}").returncode == 0 and not r.exists(other)  # by run id
+    assert r.get(f"{mine}:epoch") == b"7"
+    r.delete(f"{mine}:epoch")
 
 
 def test_cache_invalidation_deletes_exactly_the_changed_rows_keys(migration):

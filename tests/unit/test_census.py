@@ -47,7 +47,7 @@ def test_paths_are_marked_and_type_surprises_found():
     marks = {p: e["mark"] for p, e in out["paths"].items()}
     assert marks == {"_id": "mapped", "userId": "mapped", "signCount": "mapped", "__v": "ignored",
                      "legacyFlag": "unmapped", "prefs": "unmapped", "prefs.a": "unmapped", "signCountX": "unmapped"}
-    assert out["unmapped_fields"] == ["legacyFlag", "prefs", "signCountX"]
+    assert out["unmapped_fields"] == {"legacyFlag": 1, "prefs": 1, "signCountX": 1}
     assert out["type_surprises"] == [{"field": "signCount", "expected": ["int", "long"], "seen": {"string": 1}}]
 
 
@@ -56,7 +56,7 @@ def test_a_collection_census_uses_the_declaration_and_the_rules():
              "favouriteColour": "red"}]
     c = collection_census(census_of(docs), "users")
     assert c["documents"] == 1
-    assert c["unmapped_fields"] == ["favouriteColour"]
+    assert c["unmapped_fields"] == {"favouriteColour": 1}
     assert c["type_surprises"] == [{"field": "signCount", "expected": ["int", "long"], "seen": {"string": 1}}]
     census = {"unmapped_collections": {"userappconsents": 44}, "collections": {"users": c}}
     text = "\n".join(report_lines(census))
@@ -68,7 +68,25 @@ def test_a_collection_census_uses_the_declaration_and_the_rules():
                                 "users.favouriteColour (1 documents) is not mapped"]
 
 
-def test_values_never_reach_the_census():
+def test_values_never_reach_the_census_not_even_as_the_keys_of_a_map():
     secret = "hunter2-secret-value"
-    c = collection_census(census_of([{"_id": 1, "password": secret, "extra": secret}]), "users")
-    assert secret not in repr(c)
+    # a sub-document keyed by data (e-mails): once it has more names than a schema would, its keys are `*`
+    by_email = {f"user{i}@example.com": {"lastSeen": i} for i in range(40)}
+    docs = [{"_id": 1, "password": secret, "extra": secret, "seenBy": by_email, "prefs": {"theme": secret}},
+            {"_id": 2, "seenBy": {"other@example.com": {"lastSeen": 1}}}]
+    c = collection_census(census_of(docs), "users")
+    assert secret not in repr(c) and "@example.com" not in repr(c)
+    assert c["paths"]["seenBy.*"] == {"documents": 2, "types": {"object": 41}, "mark": "unmapped"}
+    assert c["paths"]["seenBy.*.lastSeen"]["types"] == {"int": 41}
+    assert c["paths"]["prefs.theme"]["types"] == {"string": 1}  # a small sub-document keeps its names
+
+
+def test_more_paths_than_kept_still_lists_every_top_level_field():
+    from authmigrate.census import MAX_PATHS
+
+    wide = {"_id": 1, **{f"f{i:04d}": 1 for i in range(MAX_PATHS + 20)},
+            "deep": {f"k{i}": [1] for i in range(30)}}
+    c = collection_census(census_of([wide]), "users")
+    assert len(c["unmapped_fields"]) == MAX_PATHS + 21  # every field, and the sub-document itself
+    assert all(f in c["paths"] for f in c["unmapped_fields"])
+    assert findings({"collections": {"users": c}})[0] == "users.deep (1 documents) is not mapped"
