@@ -225,6 +225,9 @@ def reacquire(client, key: str, run_id: str, epoch: int) -> str:
         raise LockBusy(f"another run took the target after this run's prepare (epoch {client.get(epoch_key(key))!r}, "
                        f"this run's {epoch}): its data may be newer than this run's, so this run does not write. "
                        f"Trigger a new run.")
+    ours = token_of(client, key, run_id)  # another task of this run took it back first
+    if ours is not None:
+        return ours
     raise LockBusy(f"the target is now locked by {describe(client.get(key))}: this run lost its lock "
                    f"and does not write. Trigger a new run once that one is done.")
 

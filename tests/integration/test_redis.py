@@ -142,6 +142,18 @@ def test_lock_refuses_a_live_run_at_once_and_a_dead_runs_lock_never_blocks(migra
     assert migration.redis.exists(key) == 0
 
 
+def test_lock_message_names_the_holder(migration):
+    from authmigrate import lock
+
+    migration.redis.set("k-test", json.dumps({"run_id": "r1", "host": "h1", "token": "t1"}), px=5000)
+    with pytest.raises(lock.LockBusy, match="run r1 on host h1"):
+        lock.acquire(migration.redis, "k-test", "r2")
+    token = lock.acquire(migration.redis, "k-test", "r1")  # a retry of the holder's own run takes over
+    assert lock.release(migration.redis, "k-test", "wrong-token") is False
+    assert lock.release(migration.redis, "k-test", token) is True
+    assert migration.redis.exists("k-test") == 0
+
+
 def test_acquire_waits_out_a_lock_nobody_renews_and_refuses_a_renewed_one(migration, monkeypatch):
     import threading
 
@@ -196,6 +208,11 @@ def test_a_run_that_lost_its_lock_never_writes_and_takes_it_back_only_if_nobody_
     with lock.held(a, epoch=epoch_a) as guard:
         guard()
     assert json.loads(r.get(key))["run_id"] == "run-a" and lock.epoch_of(r, key) == epoch_a
+    # two of a's tasks at once find it run out: the second one shares what the first took back
+    r.pexpire(key, 1)
+    _wait_gone(r, key)
+    first = lock.reacquire(r, key, "run-a", epoch_a)
+    assert lock.reacquire(r, key, "run-a", epoch_a) == first
 
     # while a's task runs, its lock is taken from it: the guard before the commit refuses
     with pytest.raises(lock.LockHeld, match="lost while the task ran; not committing"):
