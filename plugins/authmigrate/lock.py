@@ -98,7 +98,7 @@ def lock_key(cfg: RunConfig) -> str:
     from airflow.sdk import BaseHook
 
     conn = BaseHook.get_connection(cfg.postgres_conn_id)
-    return f"authmigrate:lock:{conn.host}:{conn.port or 5432}/{conn.schema}/{cfg.target_schema}"
+    return f"{KEY_PREFIX}{conn.host}:{conn.port or 5432}/{conn.schema}/{cfg.target_schema}"
 
 
 def describe(value: bytes | str | None) -> str:

@@ -174,7 +174,7 @@ def transform(collection: str) -> dict:
     return transform_collection(cfg, collection, exported(ti, collection), upstream)
 
 
-@_task
+@_task(renew=False)  # held() renews
 def load(collection: str) -> dict:
     """COPY into staging and merge, in one transaction."""
     ctx, cfg = _context()
@@ -184,9 +184,8 @@ def load(collection: str) -> dict:
         log.info("dry run: would load %s", transformed["counts"]["rows"])
         return {"dry_run": True, "changes": {}}
     from authmigrate.load import load_collection
-    from authmigrate.lock import held
 
-    with held(cfg, *_lock(ctx["ti"])) as guard:
+    with _held(cfg, ctx["ti"]) as guard:
         result = load_collection(cfg, collection, transformed, guard)
     _emit_assets(ctx, cfg, result["changes"])
     return result
@@ -211,8 +210,9 @@ def _emit_assets(ctx, cfg: RunConfig, changes: dict[str, dict[str, int]]) -> Non
 
 
 def _held(cfg: RunConfig, ti):
-    """The run's lock, checked on entry and renewed meanwhile (validate writes the run's record
-    and advances the watermarks: only while this run still holds the target)."""
+    """The run's lock, checked on entry and renewed meanwhile: the tasks that write the target
+    (the loads; validate, which writes the run's record and advances the watermarks) do so only
+    while this run still holds it. Those tasks need no heartbeat of their own (``renew=False``)."""
     from authmigrate.lock import held
 
     return held(cfg, *_lock(ti))
@@ -247,7 +247,7 @@ def sessions_transform() -> dict:
     return transform_task(cfg, ti.xcom_pull(task_ids="sessions.export"), upstream)
 
 
-@_task
+@_task(renew=False)  # held() renews
 def sessions_load() -> dict:
     ctx, cfg = _context()
     _require_sessions(cfg)
@@ -255,16 +255,15 @@ def sessions_load() -> dict:
     if cfg.dry_run:
         return {"dry_run": True, "changes": {}}
     from authmigrate.load import load_tables
-    from authmigrate.lock import held
     from authmigrate.registry import SESSIONS
 
-    with held(cfg, *_lock(ctx["ti"])) as guard:
+    with _held(cfg, ctx["ti"]) as guard:
         result = load_tables(cfg, "sessions", (SESSIONS,), (), transformed, guard)
     _emit_assets(ctx, cfg, result["changes"])
     return result
 
 
-@_task(timed=False)
+@_task(timed=False, renew=False)  # held() renews
 def validate() -> dict:
     """Orphans, catalog, reconciliation, reject ratio; writes the report."""
     ctx, cfg = _context()

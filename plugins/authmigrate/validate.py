@@ -287,9 +287,9 @@ def validate_run(cfg: RunConfig, results: dict[str, dict], task_times: dict[str,
     from authmigrate import report as report_files
 
     started = time.monotonic()
+    census = source_census(cfg, results)
     if cfg.dry_run:
         rejects = dry_run_rejects(results)
-        census = source_census(cfg, results)
         checks = [reject_ratio_check(results, cfg)] + census_check(cfg, census)
         report = render_report(cfg, results, checks, None, rejects, task_times=timings(results, task_times),
                                census=census)
@@ -304,7 +304,6 @@ def validate_run(cfg: RunConfig, results: dict[str, dict], task_times: dict[str,
             rejects = reject_summary(conn, cfg.run_id)
             checks = orphan_checks(conn) + catalog_checks(conn, cfg.target_schema)
             children = batch_child_counts(conn, results)
-        census = source_census(cfg, results)
         checks += reconcile(results, counts, rejects, children) + [reject_ratio_check(results, cfg)]
         checks += census_check(cfg, census)
         if cfg.verify:
