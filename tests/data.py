@@ -8,7 +8,8 @@ from bson import ObjectId
 T0 = dt.datetime(2024, 3, 1, 12, 0, 0)
 T1 = dt.datetime(2024, 6, 1, 12, 0, 0)
 SECRETS = ["$2b$10$aliceALICEaliceALICEhash", "$2b$10$bobBOBbobBOBhash", "MFASECRETALICE",
-           "PASSKEYPUBLICKEYBOB", "CLIENTSECRET-ONE", "CLIENTSECRET-TWO", "MFASECRETBOBOLD", "CLIENTSECRET-COPY"]
+           "PASSKEYPUBLICKEYBOB", "CLIENTSECRET-ONE", "CLIENTSECRET-TWO", "MFASECRETBOBOLD", "CLIENTSECRET-COPY",
+           "TOKENHASH-ONE", "TOKENHASH-TWO", "TOKENHASH-NOEMAIL", "TOKENHASH-GHOST", "TOKENHASH-BADDATE"]
 
 
 def oid(n: int) -> ObjectId:
@@ -71,12 +72,55 @@ def documents() -> dict[str, list[dict]]:
         {"_id": oid(205), "oauthRoleId": f"uri:oneidp:oauth::{new_app}:role/admin2", "oauthClientAppId": new_app,
          "oauthRoleName": "admin", "oauthUserIds": ["000000000004"], "createdAt": T1, "updatedAt": T1},
     ]
-    return {"users": users, "oauthClientApps": apps, "oauthRoles": roles}
+    consents = [
+        {"_id": oid(301), "consentId": "consent-1", "userId": "000000000001", "oauthClientAppId": "100001",
+         "clientId": "a" * 64, "consentedScopes": ["openid", "profile", "email"], "firstAuthAt": T0,
+         "lastAuthAt": T1, "createdAt": T0, "updatedAt": T1},
+        {"_id": oid(302), "consentId": "consent-2", "userId": "000000000002", "oauthClientAppId": new_app,
+         "clientId": "b" * 64, "consentedScopes": ["openid", "openid"], "firstAuthAt": T0, "lastAuthAt": T0,
+         "createdAt": T0, "updatedAt": T0},  # a scope twice: one element reject
+        {"_id": oid(303), "consentId": "consent-3", "userId": "000000000001", "oauthClientAppId": "100001",
+         "consentedScopes": ["openid"], "createdAt": T1, "updatedAt": T1},  # a second consent of (alice, app 1)
+        {"_id": oid(304), "consentId": "consent-4", "userId": "999999999999", "oauthClientAppId": "100001",
+         "consentedScopes": ["openid"], "createdAt": T0, "updatedAt": T0},  # no such user
+        {"_id": oid(305), "consentId": "consent-5", "userId": 3, "oauthClientAppId": "100004",
+         "consentedScopes": ["openid"], "createdAt": T0, "updatedAt": T0},  # the app was rejected
+        {"_id": oid(306), "userId": "000000000003", "oauthClientAppId": "100001", "createdAt": T0},  # no consentId
+        {"_id": oid(307), "consentId": "consent-7", "userId": "000000000005", "oauthClientAppId": "100005",
+         "consentedScopes": "openid", "lastAuthAt": "2024-06-01T12:00:00Z", "createdAt": T0, "updatedAt": T0,
+         "__v": 0},
+    ]
+    invitations = [
+        {"_id": oid(401), "inviteId": "invite-1", "email": "new@example.com", "tokenHash": SECRETS[8],
+         "invitedBy": "bob@example.com", "providerRoles": ["beta-tester"], "canManageApps": False,
+         "expiresAt": T1, "acceptedAt": None, "revokedAt": None, "createdAt": T0, "updatedAt": T0},
+        {"_id": oid(402), "inviteId": "invite-2", "email": "carol@example.com", "tokenHash": SECRETS[9],
+         "invitedBy": "bob@example.com", "providerRoles": ["standardUser", ""], "canManageApps": True,
+         "expiresAt": T1, "acceptedAt": T1, "acceptedUserId": "000000000003", "createdAt": T0, "updatedAt": T1},
+        {"_id": oid(403), "inviteId": "invite-3", "tokenHash": SECRETS[10], "invitedBy": "bob@example.com",
+         "createdAt": T0, "updatedAt": T0},  # no email
+        {"_id": oid(404), "inviteId": "invite-4", "email": "ghost@example.com", "tokenHash": SECRETS[11],
+         "acceptedUserId": "999999999999", "canManageApps": 1, "createdAt": T0, "updatedAt": T0},
+        {"_id": oid(405), "inviteId": "invite-5", "email": "late@example.com", "tokenHash": SECRETS[12],
+         "expiresAt": "soon", "createdAt": T0, "updatedAt": T0},
+    ]
+    settings = [
+        {"_id": oid(501), "key": "global", "registrationEnabled": True, "passwordResetEnabled": True,
+         "appCreationEnabled": False, "allowAllUsersManageApps": False, "maintenanceMode": False,
+         "maintenanceMessage": "", "allowedEmailDomains": ["example.com", "acme.test"], "socialLoginEnabled": True,
+         "updatedBy": "bob@example.com", "createdAt": T0, "updatedAt": T1},
+        {"_id": oid(502), "key": "global", "registrationEnabled": False, "createdAt": T0, "updatedAt": T0},  # older copy
+        {"_id": oid(503), "key": "beta", "maintenanceMode": "maybe", "createdAt": T0, "updatedAt": T0},
+    ]
+    return {"users": users, "oauthClientApps": apps, "oauthRoles": roles, "userAppConsents": consents,
+            "invitations": invitations, "appSettings": settings}
 
 
 EXPECTED_ROWS = {
     "users": 6, "roles": 4, "user_roles": 6, "permissions": 9, "role_permissions": 9,
-    "oauth_client_apps": 4, "client_roles": 3, "client_role_users": 3, "sessions": 0,
+    "oauth_client_apps": 4, "client_roles": 3, "client_role_users": 3,
+    "user_app_consents": 3, "user_app_consent_scopes": 5, "invitations": 3, "invitation_roles": 2,
+    "app_settings": 1, "app_setting_email_domains": 2, "sessions": 0,
 }
 EXPECTED_REJECTS = {  # (collection, scope, reason_code) -> count
     ("users", "document", "duplicate_key"): 1,
@@ -91,4 +135,15 @@ EXPECTED_REJECTS = {  # (collection, scope, reason_code) -> count
     ("oauthRoles", "document", "dangling_app"): 1,
     ("oauthRoles", "document", "duplicate_role_name"): 1,
     ("oauthRoles", "element", "dangling_user"): 1,
+    ("userAppConsents", "document", "dangling_app"): 1,
+    ("userAppConsents", "document", "dangling_user"): 1,
+    ("userAppConsents", "document", "duplicate_consent"): 1,
+    ("userAppConsents", "document", "missing_key"): 1,
+    ("userAppConsents", "element", "duplicate_element"): 1,
+    ("invitations", "document", "invalid_date"): 1,
+    ("invitations", "document", "missing_required"): 1,
+    ("invitations", "element", "invalid_element"): 1,
+    ("invitations", "field", "dangling_accepted_user"): 1,
+    ("appSettings", "document", "duplicate_key"): 1,
+    ("appSettings", "document", "invalid_type"): 1,
 }

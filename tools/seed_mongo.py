@@ -1,7 +1,8 @@
 """Deterministic, realistic source documents for the identity provider's MongoDB, and a seeder.
 
-``generate(n)`` builds the three collections the way the app writes them (``users``,
-``oauthClientApps``, ``oauthRoles``; volumes N, N // 20 and N // 10) from ``random.Random(seed)``
+``generate(n)`` builds the collections the way the app writes them (``users``,
+``oauthClientApps``, ``oauthRoles``, ``userAppConsents``, ``invitations``, ``appSettings``;
+volumes N, N // 20, N // 10, N // 10, N // 100 and 1) from ``random.Random(seed)``
 alone: the same arguments always give the same documents, on any machine and whatever
 ``PYTHONHASHSEED`` is. A share ``dirty_ratio`` of each collection's documents is made dirty in
 one of the ways listed in :data:`DIRTY_KINDS` (duplicates, ids stored as numbers, odd arrays,
@@ -38,8 +39,9 @@ from datetime import datetime, timedelta
 from random import Random
 from typing import Any
 
-COLLECTIONS = ("users", "oauthClientApps", "oauthRoles")
-KEY_FIELDS = {"users": "userId", "oauthClientApps": "oauthClientAppId", "oauthRoles": "oauthRoleId"}
+COLLECTIONS = ("users", "oauthClientApps", "oauthRoles", "userAppConsents", "invitations", "appSettings")
+KEY_FIELDS = {"users": "userId", "oauthClientApps": "oauthClientAppId", "oauthRoles": "oauthRoleId",
+              "userAppConsents": "consentId", "invitations": "inviteId", "appSettings": "key"}
 
 #: Every kind of dirty document, per collection. Dirty documents are spread evenly over the
 #: kinds (shuffled round-robin), so each kind is about ``dirty_ratio / len(kinds)`` of its
@@ -82,6 +84,25 @@ DIRTY_KINDS: dict[str, tuple[str, ...]] = {
         "created_at_garbage",
         "unknown_field",
     ),
+    "userAppConsents": (
+        "dangling_user",  # the user was deleted, the consent stayed
+        "dangling_app",  # the app was deleted, the consent stayed
+        "duplicate_consent",  # a second consent of a clean consent's (user, app), created later
+        "missing_consent_id",
+        "scopes_string",  # "openid profile" instead of an array (one element)
+        "scopes_duplicates",  # a scope twice
+        "created_at_iso_string",
+        "created_at_garbage",
+        "unknown_field",
+    ),
+    "invitations": (
+        "missing_email",
+        "dangling_accepted_user",  # accepted by a user who no longer exists
+        "expires_at_garbage",
+        "roles_empty_string",
+        "unknown_field",
+    ),
+    "appSettings": (),  # one document: always clean
 }
 
 # ----------------------------------------------------------------------------- time line
@@ -577,12 +598,120 @@ def _generate(
 
     data = {"users": users, "oauthClientApps": apps, "oauthRoles": roles}
     labels = {"users": user_dirty, "oauthClientApps": app_dirty, "oauthRoles": role_dirty}
-    return data, labels
+    # the other collections come from a generator of their own: the three above stay exactly
+    # what they were before these were added
+    other, other_labels = _others(Random(f"{seed}:others"), n, dirty_ratio, users, apps, u_created, a_created,
+                                  clean_users, [a for a in range(n_apps) if a not in app_dirty], clean_admins,
+                                  taken_ids)
+    return {**data, **other}, {**labels, **other_labels}
+
+
+SCOPES = ("profile", "email", "offline_access", "roles")
+INVITE_ROLES = (["standardUser"], ["standardUser"], ["standardUser", "oauthUser"], ["beta-tester"])
+
+
+def _others(rng: Random, n: int, dirty_ratio: float, users: list[dict], apps: list[dict], u_created: list[int],
+            a_created: list[int], clean_users: list[int], clean_apps: list[int], admins: list[int],
+            taken_ids: set[str]) -> tuple[dict[str, list[dict]], dict[str, dict[int, str]]]:
+    """userAppConsents (N // 10, clean users × clean apps, one per pair), invitations (N // 100)
+    and appSettings (the one ``global`` document), referencing only clean users and apps."""
+    rnd = rng.random
+    consents: list[dict] = []
+    c_created: list[int] = []
+    pairs: set[tuple[int, int]] = set()
+    n_consents = min(n // 10, len(clean_users) * len(clean_apps))  # one consent per (user, app)
+    while len(consents) < n_consents:
+        u, a = clean_users[int(rnd() * len(clean_users))], clean_apps[int(rnd() * len(clean_apps))]
+        if (u, a) in pairs:
+            continue
+        pairs.add((u, a))
+        first = max(u_created[u], a_created[a]) + int(rnd() * 30 * DAY_MS)
+        last = first + int(rnd() ** 2 * max(SPAN_MS - first, 0))
+        app = apps[a]
+        doc = {"consentId": _uuid4(rng), "userId": users[u]["userId"], "oauthClientAppId": app["oauthClientAppId"],
+               "clientId": app["clientId"],
+               "consentedScopes": ["openid"] + [sc for sc in SCOPES if rnd() < 0.5],
+               "firstAuthAt": _dt(first), "lastAuthAt": _dt(last), "createdAt": _dt(first), "updatedAt": _dt(last)}
+        if rnd() < 0.8:
+            doc["__v"] = 0
+        consents.append(doc)
+        c_created.append(first)
+    consent_dirty = _assign_dirty(rng, len(consents), dirty_ratio, DIRTY_KINDS["userAppConsents"])
+    clean_consents = [c for c in range(len(consents)) if c not in consent_dirty]
+    app_ids = {a["oauthClientAppId"] for a in apps}
+    for c, kind in sorted(consent_dirty.items()):
+        doc = consents[c]
+        if kind == "dangling_user":
+            doc["userId"] = _fake_user_id(rng, taken_ids)
+        elif kind == "dangling_app":
+            while doc["oauthClientAppId"] in app_ids:
+                doc["oauthClientAppId"] = _uuid4(rng)
+        elif kind == "duplicate_consent":
+            k = clean_consents[int(rnd() * len(clean_consents))]
+            doc["userId"], doc["oauthClientAppId"] = consents[k]["userId"], consents[k]["oauthClientAppId"]
+            later = max(c_created[c], c_created[k] + HOUR_MS)
+            doc["createdAt"] = doc["firstAuthAt"] = _dt(later)
+            doc["updatedAt"] = doc["lastAuthAt"] = _dt(later + HOUR_MS)
+        elif kind == "missing_consent_id":
+            del doc["consentId"]
+        elif kind == "scopes_string":
+            doc["consentedScopes"] = " ".join(doc["consentedScopes"])
+        elif kind == "scopes_duplicates":
+            doc["consentedScopes"] = doc["consentedScopes"] + ["openid"]
+        else:
+            _common_dirt(doc, kind, c_created[c], rng)
+
+    invitations: list[dict] = []
+    i_created: list[int] = []
+    admins_emails = [users[a]["email"] for a in admins] or [users[u]["email"] for u in clean_users[:1]]
+    for i in range(n // 100 if clean_users else 0):
+        created = int(rnd() * SPAN_MS)
+        doc = {"inviteId": _uuid4(rng), "email": f"invitee{i}@{EMAIL_DOMAINS[int(rnd() * len(EMAIL_DOMAINS))]}",
+               "tokenHash": rng.randbytes(32).hex(), "invitedBy": admins_emails[int(rnd() * len(admins_emails))],
+               "providerRoles": list(INVITE_ROLES[int(rnd() * len(INVITE_ROLES))]), "canManageApps": rnd() < 0.1,
+               "expiresAt": _dt(created + 7 * DAY_MS), "acceptedAt": None, "revokedAt": None}
+        updated = created
+        r = rnd()
+        if r < 0.3:
+            u = clean_users[int(rnd() * len(clean_users))]
+            updated = created + int(rnd() * 7 * DAY_MS)
+            doc["acceptedAt"], doc["acceptedUserId"] = _dt(updated), users[u]["userId"]
+        elif r < 0.4:
+            updated = created + int(rnd() * 7 * DAY_MS)
+            doc["revokedAt"] = _dt(updated)
+        doc["createdAt"], doc["updatedAt"] = _dt(created), _dt(updated)
+        invitations.append(doc)
+        i_created.append(created)
+    invite_dirty = _assign_dirty(rng, len(invitations), dirty_ratio, DIRTY_KINDS["invitations"])
+    for i, kind in sorted(invite_dirty.items()):
+        doc = invitations[i]
+        if kind == "missing_email":
+            del doc["email"]
+        elif kind == "dangling_accepted_user":
+            doc["acceptedAt"], doc["acceptedUserId"] = doc["updatedAt"], _fake_user_id(rng, taken_ids)
+        elif kind == "expires_at_garbage":
+            doc["expiresAt"] = "in a week"
+        elif kind == "roles_empty_string":
+            doc["providerRoles"] = doc["providerRoles"] + [""]
+        else:
+            _common_dirt(doc, kind, i_created[i], rng)
+
+    settings = []
+    if n:
+        settings.append({"key": "global", "registrationEnabled": True, "passwordResetEnabled": True,
+                         "appCreationEnabled": rnd() < 0.5, "allowAllUsersManageApps": False, "maintenanceMode": False,
+                         "maintenanceMessage": "", "allowedEmailDomains": list(EMAIL_DOMAINS[:2]),
+                         "socialLoginEnabled": True, "updatedBy": admins_emails[0], "createdAt": _dt(0),
+                         "updatedAt": _dt(SPAN_MS // 2), "__v": 0})
+    return ({"userAppConsents": consents, "invitations": invitations, "appSettings": settings},
+            {"userAppConsents": consent_dirty, "invitations": invite_dirty, "appSettings": {}})
 
 
 def generate(n_users: int, *, seed: int = 42, dirty_ratio: float = 0.03) -> dict[str, list[dict]]:
     """Source documents for ``n_users`` users: ``{"users": [...], "oauthClientApps": [...],
-    "oauthRoles": [...]}`` with N, N // 20 and N // 10 documents (no roles when there is no app).
+    "oauthRoles": [...], "userAppConsents": [...], "invitations": [...], "appSettings": [...]}``
+    with N, N // 20, N // 10, N // 10, N // 100 and 1 documents (no roles and no consents when
+    there is no app; nothing at all for N = 0).
     Deterministic in (n_users, seed, dirty_ratio); no ``_id`` fields."""
     return generate_labeled(n_users, seed=seed, dirty_ratio=dirty_ratio)[0]
 

@@ -165,10 +165,19 @@ def source_collections(cfg) -> dict[str, int]:
 
     from authmigrate.registry import COLLECTIONS
 
+    from authmigrate.config import ConfigError
+    from authmigrate.export import resolve_source
+
     hook = MongoHook(mongo_conn_id=cfg.mongo_conn_id)
     db = hook.get_conn()[hook.connection.schema]
-    read = {cfg.source_collections[c] for c in COLLECTIONS}
-    return {name: db[name].estimated_document_count() for name in sorted(db.list_collection_names())
+    existing = db.list_collection_names()
+    read = set()
+    for c in COLLECTIONS:
+        try:
+            read.add(resolve_source(cfg, c, existing))
+        except ConfigError:  # not in the source: nothing of it to leave out
+            pass
+    return {name: db[name].estimated_document_count() for name in sorted(existing)
             if name not in read and not name.startswith("system.")}
 
 

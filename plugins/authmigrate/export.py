@@ -28,7 +28,8 @@ UNMAPPED_SAMPLE = 1000
 
 
 def source_collection(cfg: RunConfig, collection: str):
-    """The pymongo collection for a logical name, refusing a database or collection that is not there."""
+    """The pymongo collection for a logical name (see :func:`resolve_source`), refusing a
+    database or collection that is not there; None for an optional collection the source lacks."""
     from airflow.providers.mongo.hooks.mongo import MongoHook
 
     hook = MongoHook(mongo_conn_id=cfg.mongo_conn_id)
@@ -38,15 +39,25 @@ def source_collection(cfg: RunConfig, collection: str):
             f"Mongo connection {cfg.mongo_conn_id!r} names no database: set its path, e.g. mongo://host:27017/idp"
         )
     db = hook.get_conn()[database]
-    name = cfg.source_collections[collection]
-    existing = db.list_collection_names()
-    if name not in existing:
-        raise ConfigError(
-            f"collection {name!r} not found in MongoDB database {database!r} (it has: {sorted(existing)}). "
-            f"Apps using Mongoose store lower-cased plural names (e.g. 'oauthclientapps'): "
-            f"set the source_{collection} param to the real name."
-        )
-    return db.get_collection(name, codec_options=CodecOptions(document_class=RawBSONDocument))
+    name = resolve_source(cfg, collection, db.list_collection_names(), database)
+    return None if name is None else db.get_collection(name, codec_options=CodecOptions(document_class=RawBSONDocument))
+
+
+def resolve_source(cfg: RunConfig, collection: str, existing: list[str], database: str = "") -> str | None:
+    """The source collection a logical name reads: its ``source_<collection>`` name when the
+    source has it. An optional collection (the app may never have created it) asked for under its
+    default name may instead be under its Mongoose name (``userappconsents``), or absent: None.
+    Any other missing name fails, listing what the database has."""
+    spec, name = COLLECTIONS[collection], cfg.source_collections[collection]
+    if name in existing:
+        return name
+    if spec.optional and name == spec.name:
+        return spec.mongoose_name if spec.mongoose_name in existing else None
+    raise ConfigError(
+        f"collection {name!r} not found in MongoDB database {database!r} (it has: {sorted(existing)}). "
+        f"Apps using Mongoose store lower-cased plural names (e.g. 'oauthclientapps'): "
+        f"set the source_{collection} param to the real name."
+    )
 
 
 def unmapped_fields(coll, projection) -> dict[str, int]:
@@ -113,6 +124,13 @@ def plan_chunks(cfg: RunConfig, collection: str) -> list[dict]:
     chunk of their own, listed by value. In incremental runs the key-only pass that
     propagates deletions is one more job. Otherwise one chunk: the whole collection."""
     coll = source_collection(cfg, collection)
+    if coll is None:
+        log.warning("export %s: the source has no collection %r; it is optional: nothing is migrated and its "
+                    "tables are left as they are (the report says so)", collection, cfg.source_collections[collection])
+        return [{"collection": collection, "kind": "absent", "index": 0}]
+    if coll.name != cfg.source_collections[collection]:
+        log.info("export %s: the source has no %r; reading its Mongoose name %r", collection,
+                 cfg.source_collections[collection], coll.name)
     total = coll.estimated_document_count()
     jobs: list[dict] = []
     if cfg.mode == "incremental" and watermark(cfg, collection) is not None:
@@ -165,7 +183,13 @@ def export_chunk(cfg: RunConfig, chunk: dict) -> dict:
     retried chunk rewrites only its own file)."""
     collection = chunk["collection"]
     spec = COLLECTIONS[collection]
+    if chunk["kind"] == "absent":
+        return {**chunk, "path": None, "documents": 0, "batches": 0, "mode": "full", "since": None, "absent": True,
+                "source": cfg.source_collections[collection]}
     coll = source_collection(cfg, collection)
+    if coll is None:
+        raise ConfigError(f"collection {cfg.source_collections[collection]!r} left the source after the run planned "
+                          f"its export: trigger the run again")
     folder = collection_dir(cfg, collection, "export")
     name = f"chunk-{chunk['index']:04d}"
     if chunk["kind"] == "keys":  # every document's app id, to propagate deletions
@@ -211,6 +235,10 @@ def combine(chunks: list[dict]) -> dict:
     for c in data:
         for k, v in (c.get("unmapped_fields") or {}).items():
             unmapped[k] = unmapped.get(k, 0) + v
+    absent = next((c for c in data if c.get("absent")), None)
+    if absent:
+        return {"paths": [], "documents": 0, "chunks": 0, "chunk_documents": [], "batches": 0, "unmapped_fields": {},
+                "mode": "full", "since": None, "keys": None, "absent": True, "source": absent["source"]}
     return {"paths": [c["path"] for c in data], "documents": sum(c["documents"] for c in data),
             "chunks": len(data), "chunk_documents": [c["documents"] for c in data],
             "batches": sum(c["batches"] for c in data), "unmapped_fields": unmapped,

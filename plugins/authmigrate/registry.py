@@ -1,11 +1,26 @@
-"""Each source collection described once: its key, projection, target tables and transform.
+"""Each source collection declared once: its key, its fields (source name, target column,
+kind, required or default, secret), uniqueness rules, references to other collections, arrays
+that become join tables, and the named hooks of its own logic. Everything else derives from
+the declaration: the export's projection, the target tables' columns (COPY, verification
+hashing), the transform's rules and uniqueness passes, the incremental key and collision
+columns, the reconciliation lists, the trigger form's choices, the secrets redacted in rejects
+and the field tables of docs/data-contract.md (``python -m tools.contract_doc``).
 
-Adding a collection is one entry here, one transform function, and its tables in schema.sql.
+Adding a collection: its declaration here, its module if it needs logic of its own, its tables
+in include/sql/schema.sql (tests/unit/test_schema_declarations.py keeps the two in step).
 Imported at DAG parse time: standard library only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+#: field kind -> target column type (Table.columns). ``key``: an application id (numbers become
+#: zero-padded digits); ``int32``: an integer column of 32 bits; ``array``: becomes join rows.
+COLUMN_TYPES = {"key": "text", "text": "text", "int": "int", "int32": "int", "bool": "bool",
+                "timestamp": "timestamp"}
+KIND_DEFAULT = object()  # a field's default when none is declared: false for bool, NULL otherwise
 
 
 @dataclass(frozen=True)
@@ -32,104 +47,347 @@ class Table:
 
 
 @dataclass(frozen=True)
+class Field:
+    """One source field. ``column``: its target column; a name starting with ``_`` is read for
+    the collection's logic or an array's join rows, never stored as a column. ``source`` None:
+    a column the collection's own logic derives (no source field)."""
+
+    source: str | None
+    column: str
+    kind: str  # a COLUMN_TYPES key, or "array"
+    required: bool = False  # missing or empty → the document is rejected (missing_required / missing_key)
+    default: Any = KIND_DEFAULT  # the value of a missing field (bool: false unless declared None)
+    secret: bool = False  # its values never appear in rejects, logs, XCom or reports
+    width: int = 0  # key kind: a number becomes its digits, zero-padded to this width
+
+
+@dataclass(frozen=True)
+class Unique:
+    """A uniqueness rule over main-table columns: of the documents sharing a value, the earliest
+    ``createdAt`` (then the smallest ``_id``) wins, the others are rejected with ``code``; in an
+    incremental run a target row that stays wins. NULLs never collide."""
+
+    columns: tuple[str, ...]
+    code: str
+    what: str  # how the reason names it
+    casefold: bool = False  # compared case-insensitively (as the app compares it)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A main-table column holding another collection's key. A value that collection does not
+    have (or rejected): ``dangling="reject"`` rejects the document; ``"null"`` keeps it with the
+    column set to NULL and a field-scope reject."""
+
+    column: str
+    collection: str
+    dangling: str  # reject | null
+    code: str
+    what: str  # how the reason names the referenced row ("user", "app", "owner")
+
+
+@dataclass(frozen=True)
+class JoinArray:
+    """An array field (its Field has kind "array" and column ``column``) that becomes join rows
+    ``(parent_column, element_column)`` in ``table``, one per valid, distinct element.
+    ``element``: ``name`` (a non-blank string, kept as stored) or ``key`` (an id by the key rule,
+    zero-padded to ``width``). ``references``: the collection whose keys the elements must be
+    (a dangling element is rejected, the document kept)."""
+
+    column: str
+    table: str
+    parent_column: str
+    element_column: str
+    element: str  # name | key
+    what: str  # how a reject names an element ("role", "user id", "scope")
+    width: int = 0
+    wildcard: bool = False  # "*" is a flag of the document, not an element (hook grant_all_wildcard)
+    references: str | None = None
+    dangling_code: str = "dangling_reference"
+    dangling_what: str = "row"  # how a dangling element's reject names what is missing ("user")
+
+
+#: The named hooks a declaration may list: special semantics that live in the collection's own
+#: module (see transform.py), each documented in docs/data-contract.md.
+HOOKS = {
+    "roles_from_user_roles": "the roles table holds one row per distinct providerRoles element",
+    "legacy_owner_claims": "the legacy oauthClientAppIds arrays are kept as ownership claims for the apps",
+    "legacy_owner_backfill": "an app without owner takes the one user whose legacy oauthClientAppIds lists it",
+    "grant_all_wildcard": 'a "*" member sets grants_all_users (kept alongside explicit members)',
+}
+
+
+@dataclass(frozen=True)
 class Collection:
     name: str  # logical name (and the default MongoDB collection name)
-    key_field: str  # the app's id field (never _id)
-    projection: tuple[str, ...]  # source fields read by export
-    tables: tuple[Table, ...]  # in merge order
-    depends_on: tuple[str, ...] = ()  # collections whose accepted keys this transform needs
-    arrays: dict[str, str] | None = None  # source array field -> join table it becomes
+    table: str  # the main target table: one row per accepted document, keyed by the app key as ``id``
+    key: Field  # the app's id field (never _id); its column is ``id``
+    fields: tuple[Field, ...]  # in rule order: a document's first failing field names its reject
+    unique: tuple[Unique, ...] = ()  # applied in this order, after the key's own uniqueness
+    references: tuple[Reference, ...] = ()
+    arrays: tuple[JoinArray, ...] = ()
+    extra_tables: tuple[Table, ...] = ()  # tables its own logic fills (merged after the main table)
+    hooks: tuple[str, ...] = ()  # names from HOOKS
+    change_fields: tuple[str, ...] = ("id",)  # columns cache-key patterns may use
     cleanup: tuple[str, ...] = ()  # SQL files run after the merge, in the same transaction
     ignored: tuple[str, ...] = ("__v",)  # source fields deliberately not migrated (the census marks them)
+    optional: bool = False  # absent from the source (under its default name): reported, not a failure
+    mongoose_name: str | None = None  # the lower-cased plural name a Mongoose app stores it under
+    description: str = ""
+
+    def __post_init__(self):
+        columns = {f.column for f in self.all_fields}
+        problems = [f"unknown hook {h!r}" for h in self.hooks if h not in HOOKS]
+        problems += [f"unique column {c!r} is not a field" for u in self.unique for c in u.columns
+                     if c not in columns]
+        problems += [f"reference column {r.column!r} is not a field" for r in self.references if r.column not in columns]
+        problems += [f"array column {a.column!r} is not an array field" for a in self.arrays
+                     if a.column not in {f.column for f in self.fields if f.kind == "array"}]
+        problems += [f"field {f.source!r} has unknown kind {f.kind!r}" for f in self.all_fields
+                     if f.kind not in COLUMN_TYPES and f.kind != "array"]
+        if self.key.column != "id":
+            problems.append("the key's column must be 'id'")
+        if problems:
+            raise ValueError(f"collection {self.name}: " + "; ".join(problems))
 
     @property
+    def all_fields(self) -> tuple[Field, ...]:
+        return (self.key, *self.fields)
+
+    @property
+    def key_field(self) -> str:
+        return self.key.source
+
+    @cached_property
+    def projection(self) -> tuple[str, ...]:
+        """The source fields the export reads and the transform decodes."""
+        return tuple(f.source for f in self.all_fields if f.source)
+
+    @cached_property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(f.source for f in self.all_fields if f.secret)
+
+    @cached_property
     def main_table(self) -> Table:
-        return self.tables[0]
+        columns = {"id": "text", "mongo_id": "text"}
+        columns.update({f.column: COLUMN_TYPES[f.kind] for f in self.fields if not f.column.startswith("_")})
+        return Table(self.table, key=("id",), columns=columns, change_fields=self.change_fields)
+
+    @cached_property
+    def join_tables(self) -> tuple[Table, ...]:
+        return tuple(Table(a.table, key=(a.parent_column, a.element_column),
+                           columns={a.parent_column: "text", a.element_column: "text"},
+                           sync="children", parent=self.table, parent_column=a.parent_column)
+                     for a in self.arrays)
+
+    @cached_property
+    def tables(self) -> tuple[Table, ...]:
+        """In merge order: the main table, the tables its logic fills, the join tables."""
+        return (self.main_table, *self.extra_tables, *self.join_tables)
+
+    @cached_property
+    def array_tables(self) -> dict[str, str]:
+        """Source array field -> the join table it becomes."""
+        by_column = {f.column: f.source for f in self.fields}
+        return {by_column[a.column]: a.table for a in self.arrays}
+
+    @cached_property
+    def depends_on(self) -> tuple[str, ...]:
+        """Collections whose accepted keys this transform needs (its transform and load wait)."""
+        names = [r.collection for r in self.references] + [a.references for a in self.arrays if a.references]
+        return tuple(dict.fromkeys(n for n in names if n != self.name))
+
+    @cached_property
+    def duplicate_passes(self) -> tuple[tuple, ...]:
+        """(subset, order, ascending, code, what, casefold), in order: the key (the newest
+        ``updatedAt`` wins), then each Unique (the earliest ``createdAt`` wins)."""
+        return ((["id"], ["updated_at"], [False], "duplicate_key", self.key.source, False),
+                *((list(u.columns), ["created_at"], [True], u.code, u.what, u.casefold) for u in self.unique))
+
+    @cached_property
+    def clash_rules(self) -> tuple[tuple, ...]:
+        """Incremental runs: (subset, code, what, casefold) a batch row must not share with a
+        target row that stays."""
+        return tuple((list(u.columns), u.code, u.what, u.casefold) for u in self.unique)
+
+    @cached_property
+    def competitor_columns(self) -> tuple[str, ...]:
+        """The target columns an incremental batch is checked against."""
+        return tuple(dict.fromkeys(("id", "mongo_id", *(c for u in self.unique for c in u.columns))))
 
 
-USERS = Table(
-    "users",
-    key=("id",),
-    columns={
-        "id": "text",
-        "mongo_id": "text",
-        "username": "text",
-        "email": "text",
-        "password_hash": "text",
-        "first_name": "text",
-        "last_name": "text",
-        "identity_provider": "text",
-        "identity_provider_user_id": "text",
-        "passkey_id": "text",
-        "passkey_public_key": "text",
-        "mfa_secret": "text",
-        "mfa_enabled": "bool",
-        "email_verified": "bool",
-        "sign_count": "int",
-        "can_manage_apps": "bool",
-        "banned": "bool",
-        "banned_at": "timestamp",
-        "banned_reason": "text",
-        "banned_by": "text",
-        "created_at": "timestamp",
-        "updated_at": "timestamp",
-    },
-    change_fields=("id", "username", "email"),
-)
+F = Field
+_CREATED = (F("createdAt", "created_at", "timestamp"), F("updatedAt", "updated_at", "timestamp"))
+
 ROLES = Table("roles", key=("id",), columns={"id": "text", "name": "text"}, sync="upsert")
-USER_ROLES = Table(
-    "user_roles",
-    key=("user_id", "role_id"),
-    columns={"user_id": "text", "role_id": "text"},
-    sync="children",
-    parent="users",
-    parent_column="user_id",
+
+USERS = Collection(
+    name="users",
+    table="users",
+    key=F("userId", "id", "key", required=True, width=12),
+    fields=(
+        F("username", "username", "text", required=True),
+        F("email", "email", "text"),
+        F("password", "password_hash", "text", secret=True),
+        F("firstName", "first_name", "text"),
+        F("lastName", "last_name", "text"),
+        F("identityProvider", "identity_provider", "text"),
+        F("identityProviderUserId", "identity_provider_user_id", "key"),
+        F("passkeyId", "passkey_id", "text"),
+        F("passkeyPublicKey", "passkey_public_key", "text", secret=True),
+        F("mfaSecret", "mfa_secret", "text", secret=True),
+        F("mfaEnabled", "mfa_enabled", "bool"),
+        F("emailVerified", "email_verified", "bool"),
+        F("signCount", "sign_count", "int", default=0),
+        F("canManageApps", "can_manage_apps", "bool"),
+        F("banned", "banned", "bool"),
+        F("bannedAt", "banned_at", "timestamp"),
+        F("bannedReason", "banned_reason", "text"),
+        F("bannedBy", "banned_by", "key", width=12),
+        *_CREATED,
+        F("providerRoles", "_roles", "array"),
+        F("oauthClientAppIds", "_legacy_apps", "array"),  # legacy ownership, read by the apps' back-fill
+    ),
+    unique=(
+        Unique(("username",), "duplicate_username", "username"),
+        Unique(("email",), "duplicate_email", "email (compared case-insensitively)", casefold=True),
+        Unique(("identity_provider", "identity_provider_user_id"), "duplicate_identity",
+               "identity (provider, provider user id)"),
+    ),
+    arrays=(JoinArray("_roles", "user_roles", "user_id", "role_id", element="name", what="role"),),
+    extra_tables=(ROLES,),
+    hooks=("roles_from_user_roles", "legacy_owner_claims"),
+    change_fields=("id", "username", "email"),
+    cleanup=("delete_unused_roles",),
+    description="the app's accounts",
 )
-OAUTH_CLIENT_APPS = Table(
-    "oauth_client_apps",
-    key=("id",),
-    columns={
-        "id": "text",
-        "mongo_id": "text",
-        "client_id": "text",
-        "client_secret": "text",
-        "name": "text",
-        "redirect_uri": "text",
-        "access_token_validity": "int",
-        "is_public_client": "bool",
-        "owner_user_id": "text",
-        "disabled": "bool",
-        "disabled_at": "timestamp",
-        "disabled_reason": "text",
-        "created_at": "timestamp",
-        "updated_at": "timestamp",
-    },
+
+OAUTH_CLIENT_APPS = Collection(
+    name="oauthClientApps",
+    table="oauth_client_apps",
+    key=F("oauthClientAppId", "id", "key", required=True, width=6),
+    fields=(
+        F("clientId", "client_id", "text", required=True),
+        F("clientSecret", "client_secret", "text", secret=True),
+        F("oauthAppName", "name", "text"),
+        F("redirectUri", "redirect_uri", "text"),
+        F("accessTokenValidity", "access_token_validity", "int32"),
+        F("isPublicClient", "is_public_client", "bool"),
+        F("owner", "owner_user_id", "key", width=12),
+        F("disabled", "disabled", "bool"),
+        F("disabledAt", "disabled_at", "timestamp"),
+        F("disabledReason", "disabled_reason", "text"),
+        *_CREATED,
+    ),
+    unique=(Unique(("client_id",), "duplicate_client_id", "clientId"),),
+    references=(Reference("owner_user_id", "users", "null", "dangling_owner", "owner"),),
+    hooks=("legacy_owner_backfill",),
     change_fields=("id", "client_id"),
+    mongoose_name="oauthclientapps",
+    description="registered OAuth/OIDC client applications",
 )
-CLIENT_ROLES = Table(
-    "client_roles",
-    key=("id",),
-    columns={
-        "id": "text",
-        "mongo_id": "text",
-        "oauth_client_app_id": "text",
-        "oauth_client_id": "text",
-        "name": "text",
-        "owner_user_id": "text",
-        "grants_all_users": "bool",
-        "created_at": "timestamp",
-        "updated_at": "timestamp",
-    },
+
+OAUTH_ROLES = Collection(
+    name="oauthRoles",
+    table="client_roles",
+    key=F("oauthRoleId", "id", "key", required=True),
+    fields=(
+        F("oauthClientAppId", "oauth_client_app_id", "key", required=True, width=6),
+        F("oauthClientId", "oauth_client_id", "text"),
+        F("oauthRoleName", "name", "text", required=True),
+        F("owner", "owner_user_id", "key", width=12),
+        F(None, "grants_all_users", "bool"),  # hook grant_all_wildcard
+        *_CREATED,
+        F("oauthUserIds", "_members", "array"),
+    ),
+    unique=(Unique(("oauth_client_app_id", "name"), "duplicate_role_name", "(app, role name)"),),
+    references=(
+        Reference("oauth_client_app_id", "oauthClientApps", "reject", "dangling_app", "app"),
+        Reference("owner_user_id", "users", "null", "dangling_owner", "owner"),
+    ),
+    arrays=(JoinArray("_members", "client_role_users", "client_role_id", "user_id", element="key",
+                      what="user id", width=12, wildcard=True, references="users", dangling_code="dangling_user",
+                      dangling_what="user"),),
+    hooks=("grant_all_wildcard",),
     change_fields=("id", "oauth_client_app_id"),
+    mongoose_name="oauthroles",
+    description="per-app roles and their members",
 )
-CLIENT_ROLE_USERS = Table(
-    "client_role_users",
-    key=("client_role_id", "user_id"),
-    columns={"client_role_id": "text", "user_id": "text"},
-    sync="children",
-    parent="client_roles",
-    parent_column="client_role_id",
+
+USER_APP_CONSENTS = Collection(
+    name="userAppConsents",
+    table="user_app_consents",
+    key=F("consentId", "id", "key", required=True),
+    fields=(
+        F("userId", "user_id", "key", required=True, width=12),
+        F("oauthClientAppId", "oauth_client_app_id", "key", required=True, width=6),
+        F("clientId", "client_id", "text"),
+        F("firstAuthAt", "first_auth_at", "timestamp"),
+        F("lastAuthAt", "last_auth_at", "timestamp"),
+        *_CREATED,
+        F("consentedScopes", "_scopes", "array"),
+    ),
+    unique=(Unique(("user_id", "oauth_client_app_id"), "duplicate_consent", "(user, app)"),),
+    references=(
+        Reference("user_id", "users", "reject", "dangling_user", "user"),
+        Reference("oauth_client_app_id", "oauthClientApps", "reject", "dangling_app", "app"),
+    ),
+    arrays=(JoinArray("_scopes", "user_app_consent_scopes", "consent_id", "scope", element="name", what="scope"),),
+    optional=True,
+    mongoose_name="userappconsents",
+    description="the scopes each user granted each app (without them, every user consents again)",
 )
+
+INVITATIONS = Collection(
+    name="invitations",
+    table="invitations",
+    key=F("inviteId", "id", "key", required=True),
+    fields=(
+        F("email", "email", "text", required=True),
+        F("tokenHash", "token_hash", "text", secret=True),
+        F("invitedBy", "invited_by", "text"),  # an admin's e-mail, not an id
+        F("canManageApps", "can_manage_apps", "bool"),
+        F("expiresAt", "expires_at", "timestamp"),
+        F("acceptedAt", "accepted_at", "timestamp"),
+        F("revokedAt", "revoked_at", "timestamp"),
+        F("acceptedUserId", "accepted_user_id", "key", width=12),
+        *_CREATED,
+        F("providerRoles", "_roles", "array"),
+    ),
+    references=(Reference("accepted_user_id", "users", "null", "dangling_accepted_user", "accepted user"),),
+    # the roles an invitation grants may not exist yet (no user has them): no reference to roles
+    arrays=(JoinArray("_roles", "invitation_roles", "invitation_id", "role_name", element="name", what="role"),),
+    optional=True,
+    description="pending, accepted and revoked invitations",
+)
+
+APP_SETTINGS = Collection(
+    name="appSettings",
+    table="app_settings",
+    key=F("key", "id", "key", required=True),
+    fields=(
+        # a setting the document does not have stays NULL: the app's own default applies
+        F("registrationEnabled", "registration_enabled", "bool", default=None),
+        F("passwordResetEnabled", "password_reset_enabled", "bool", default=None),
+        F("appCreationEnabled", "app_creation_enabled", "bool", default=None),
+        F("allowAllUsersManageApps", "allow_all_users_manage_apps", "bool", default=None),
+        F("maintenanceMode", "maintenance_mode", "bool", default=None),
+        F("maintenanceMessage", "maintenance_message", "text"),
+        F("socialLoginEnabled", "social_login_enabled", "bool", default=None),
+        F("updatedBy", "updated_by", "text"),
+        *_CREATED,
+        F("allowedEmailDomains", "_domains", "array"),
+    ),
+    arrays=(JoinArray("_domains", "app_setting_email_domains", "app_setting_id", "domain", element="name",
+                      what="e-mail domain"),),
+    optional=True,
+    mongoose_name="appsettings",
+    description="the admin's global settings (one document per key, e.g. global)",
+)
+
+COLLECTIONS: dict[str, Collection] = {
+    c.name: c for c in (USERS, OAUTH_CLIENT_APPS, OAUTH_ROLES, USER_APP_CONSENTS, INVITATIONS, APP_SETTINGS)
+}
 
 SESSIONS = Table(
     "sessions",
@@ -147,52 +405,24 @@ SESSIONS = Table(
     },
 )
 
-SECRET_FIELDS = ("password", "clientSecret", "mfaSecret", "passkeyPublicKey")
-
-COLLECTIONS: dict[str, Collection] = {
-    c.name: c
-    for c in (
-        Collection(
-            name="users",
-            key_field="userId",
-            projection=(
-                "userId", "username", "email", "password", "firstName", "lastName",
-                "identityProvider", "identityProviderUserId", "passkeyId", "passkeyPublicKey",
-                "mfaSecret", "mfaEnabled", "emailVerified", "signCount", "providerRoles",
-                "canManageApps", "banned", "bannedAt", "bannedReason", "bannedBy",
-                "createdAt", "updatedAt", "oauthClientAppIds",
-            ),
-            tables=(USERS, ROLES, USER_ROLES),
-            arrays={"providerRoles": "user_roles"},
-            cleanup=("delete_unused_roles",),
-        ),
-        Collection(
-            name="oauthClientApps",
-            key_field="oauthClientAppId",
-            projection=(
-                "oauthClientAppId", "clientId", "clientSecret", "oauthAppName", "redirectUri",
-                "accessTokenValidity", "isPublicClient", "owner", "disabled", "disabledAt",
-                "disabledReason", "createdAt", "updatedAt",
-            ),
-            tables=(OAUTH_CLIENT_APPS,),
-            depends_on=("users",),
-        ),
-        Collection(
-            name="oauthRoles",
-            key_field="oauthRoleId",
-            projection=(
-                "oauthRoleId", "oauthClientAppId", "oauthClientId", "oauthRoleName", "owner",
-                "oauthUserIds", "createdAt", "updatedAt",
-            ),
-            tables=(CLIENT_ROLES, CLIENT_ROLE_USERS),
-            depends_on=("users", "oauthClientApps"),
-            arrays={"oauthUserIds": "client_role_users"},
-        ),
-    )
-}
+SECRET_FIELDS = tuple(dict.fromkeys(s for c in COLLECTIONS.values() for s in c.secrets))
 
 TABLES: dict[str, Table] = {t.name: t for c in COLLECTIONS.values() for t in c.tables}
 TABLES["sessions"] = SESSIONS
+
+
+def _check_references() -> None:
+    for c in COLLECTIONS.values():
+        for name in [r.collection for r in c.references] + [a.references for a in c.arrays if a.references]:
+            if name not in COLLECTIONS:
+                raise ValueError(f"collection {c.name}: references unknown collection {name!r}")
+        order = list(COLLECTIONS)
+        late = [d for d in c.depends_on if order.index(d) > order.index(c.name)]
+        if late:
+            raise ValueError(f"collection {c.name}: declare {late} before it (its transform needs their keys)")
+
+
+_check_references()
 
 # Redis session keys the app writes: prefix -> (kind, hash fields read). Everything else in
 # Redis (pmfa:, pev:, ppr:, ac:, webauthn:, r:, settings:global, admin:audit) is never touched.

@@ -180,6 +180,10 @@ def load(collection: str) -> dict:
     ctx, cfg = _context()
     _require(cfg, collection)
     transformed = ctx["ti"].xcom_pull(task_ids=f"{collection}.transform")
+    if transformed.get("absent"):
+        log.info("load %s: the source has no collection %r: its tables are left as they are", collection,
+                 transformed["source"])
+        return {"absent": True, "changes": {}}
     if cfg.dry_run:
         log.info("dry run: would load %s", transformed["counts"]["rows"])
         return {"dry_run": True, "changes": {}}

@@ -26,7 +26,7 @@ from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.datetime_ms import DatetimeMS
 from bson.errors import InvalidBSON
 
-from authmigrate.registry import COLLECTIONS, SECRET_FIELDS, TABLES
+from authmigrate.registry import COLLECTIONS, KIND_DEFAULT, SECRET_FIELDS, TABLES, Collection, Field, JoinArray
 
 UTC = dt.timezone.utc
 WILDCARD = "*"
@@ -196,12 +196,13 @@ def app_key(name: str, width: int, required: bool = True) -> Callable[[Any], str
     return coerce
 
 
-def boolean(name: str) -> Callable[[Any], bool]:
-    """true/false; 0/1 numbers and "true"/"false" strings coerce; missing → false."""
+def boolean(name: str, default: bool | None = False) -> Callable[[Any], bool | None]:
+    """true/false; 0/1 numbers and "true"/"false" strings coerce; missing → ``default`` (false,
+    or NULL where a declaration says the app's own default applies)."""
 
-    def coerce(v: Any) -> bool:
+    def coerce(v: Any) -> bool | None:
         if v is None:
-            return False
+            return default
         if isinstance(v, bool):
             return v
         if _is_int(v) and v in (0, 1):
@@ -487,7 +488,8 @@ def _typed(frame: pd.DataFrame, table: str) -> pd.DataFrame:
 
 
 def _explode(frame: pd.DataFrame, docs: pd.DataFrame, array_col: str, parent_col: str, child_col: str,
-             element_fn: Callable[[Any], str], known: set[str] | None = None
+             element_fn: Callable[[Any], str], known: set[str] | None = None,
+             dangling_code: str = "dangling_user", dangling_what: str = "user"
              ) -> tuple[pd.DataFrame, list[dict], dict[str, int]]:
     """One join row per valid, distinct, known element; a reject row for every other element.
     ``element_fn`` returns the element's key or raises Reject; it may return WILDCARD."""
@@ -514,8 +516,9 @@ def _explode(frame: pd.DataFrame, docs: pd.DataFrame, array_col: str, parent_col
                 wild_rows.append(row)
                 continue
             if known is not None and key not in known:
-                rejects.append({**_reject_row(sources.iat[row], "element", el, "dangling_user",
-                                              f"user {preview(key)} does not exist (or was rejected)"), "_row": row})
+                rejects.append({**_reject_row(sources.iat[row], "element", el, dangling_code,
+                                              f"{dangling_what} {preview(key)} does not exist (or was rejected)"),
+                                "_row": row})
                 continue
             parents.append(parent)
             children.append(key)
@@ -526,21 +529,40 @@ def _explode(frame: pd.DataFrame, docs: pd.DataFrame, array_col: str, parent_col
     return out, rejects, counts
 
 
-def _role_name(el: Any) -> str:
-    if not isinstance(el, str):
-        raise Reject("invalid_element", f"role must be a string, got {type(el).__name__}")
-    if el.strip() == "":
-        raise Reject("invalid_element", "role is an empty string")
-    return _check_text(el, "role")
+def _name_element(what: str) -> Callable[[Any], str]:
+    """An array element that is a name: a non-blank string, kept exactly as stored."""
+
+    def coerce(el: Any) -> str:
+        if not isinstance(el, str):
+            raise Reject("invalid_element", f"{what} must be a string, got {type(el).__name__}")
+        if el.strip() == "":
+            raise Reject("invalid_element", f"{what} is an empty string")
+        return _check_text(el, what)
+
+    return coerce
 
 
-def _member_id(el: Any) -> str:
-    if el == WILDCARD:
-        return WILDCARD
-    try:
-        return app_key("user id", 12)(el)
-    except Reject as r:
-        raise Reject("invalid_element", r.reason) from None
+def _key_element(what: str, width: int, wildcard: bool = False) -> Callable[[Any], str]:
+    """An array element that is an id, by the key rule; ``wildcard``: "*" is passed through."""
+    key = app_key(what, width)
+
+    def coerce(el: Any) -> str:
+        if wildcard and el == WILDCARD:
+            return WILDCARD
+        try:
+            return key(el)
+        except Reject as r:
+            raise Reject("invalid_element", r.reason) from None
+
+    return coerce
+
+
+def element_rule(a: JoinArray) -> Callable[[Any], str]:
+    return _name_element(a.what) if a.element == "name" else _key_element(a.what, a.width, a.wildcard)
+
+
+_role_name = _name_element("role")
+_member_id = _key_element("user id", 12, wildcard=True)
 
 
 def _legacy_app_id(el: Any) -> str | None:
@@ -564,49 +586,36 @@ def _finish(docs: pd.DataFrame | int, rejects: list[dict], tables: dict[str, pd.
     return Result(tables=tables, rejects=rejects_frame(rejects), counts=counts, extras=extras or {})
 
 
-# --------------------------------------------------------------------------- collections
-USER_RULES = {
-    "id": ("userId", app_key("userId", 12)),
-    "username": ("username", text("username", required=True)),
-    "email": ("email", text("email")),
-    "password_hash": ("password", text("password")),
-    "first_name": ("firstName", text("firstName")),
-    "last_name": ("lastName", text("lastName")),
-    "identity_provider": ("identityProvider", text("identityProvider")),
-    "identity_provider_user_id": ("identityProviderUserId", app_key("identityProviderUserId", 0, required=False)),
-    "passkey_id": ("passkeyId", text("passkeyId")),
-    "passkey_public_key": ("passkeyPublicKey", text("passkeyPublicKey")),
-    "mfa_secret": ("mfaSecret", text("mfaSecret")),
-    "mfa_enabled": ("mfaEnabled", boolean("mfaEnabled")),
-    "email_verified": ("emailVerified", boolean("emailVerified")),
-    "sign_count": ("signCount", integer("signCount", default=0)),
-    "can_manage_apps": ("canManageApps", boolean("canManageApps")),
-    "banned": ("banned", boolean("banned")),
-    "banned_at": ("bannedAt", timestamp("bannedAt")),
-    "banned_reason": ("bannedReason", text("bannedReason")),
-    "banned_by": ("bannedBy", app_key("bannedBy", 12, required=False)),
-    "created_at": ("createdAt", timestamp("createdAt")),
-    "updated_at": ("updatedAt", timestamp("updatedAt")),
-    "_roles": ("providerRoles", array("providerRoles")),
-    "_legacy_apps": ("oauthClientAppIds", array("oauthClientAppIds")),
-}
+# --------------------------------------------------------------------------- rules from declarations
+def coercer(f: Field) -> Callable[[Any], Any]:
+    """The coercer a declared field's kind names (§2 of docs/data-contract.md)."""
+    default = None if f.default is KIND_DEFAULT else f.default
+    if f.kind == "key":
+        return app_key(f.source, f.width, required=f.required)
+    if f.kind == "text":
+        return text(f.source, required=f.required)
+    if f.kind == "bool":
+        return boolean(f.source, default=False if f.default is KIND_DEFAULT else f.default)
+    if f.kind in ("int", "int32"):
+        return integer(f.source, default=default, bits=32 if f.kind == "int32" else 64)
+    if f.kind == "timestamp":
+        return timestamp(f.source)
+    if f.kind == "array":
+        return array(f.source)
+    raise ValueError(f"field {f.source}: no coercer for kind {f.kind!r}")
 
 
-USER_CLASHES = (  # incremental runs: target rows that stay win these
-    (["username"], "duplicate_username", "username", False),
-    (["email"], "duplicate_email", "email (compared case-insensitively)", True),
-    (["identity_provider", "identity_provider_user_id"], "duplicate_identity",
-     "identity (provider, provider user id)", False),
-)
-USER_DUPLICATES = (  # (subset, order, ascending, code, what, casefold), applied in this order
-    (["id"], ["updated_at"], [False], "duplicate_key", "userId", False),
-    (["username"], ["created_at"], [True], "duplicate_username", "username", False),
-    (["email"], ["created_at"], [True], "duplicate_email", "email (compared case-insensitively)", True),
-    (["identity_provider", "identity_provider_user_id"], ["created_at"], [True],
-     "duplicate_identity", "identity (provider, provider user id)", False),
-)
-USER_KEY_COLUMNS = ["id", "username", "email", "identity_provider", "identity_provider_user_id",
-                    "created_at", "updated_at"]
+def rules_of(spec: Collection) -> dict[str, tuple[str, Callable]]:
+    """column -> (source field, coercer), in the declaration's (rule) order."""
+    return {f.column: (f.source, coercer(f)) for f in spec.all_fields if f.source}
+
+
+RULES = {name: rules_of(spec) for name, spec in COLLECTIONS.items()}
+USER_RULES, APP_RULES, ROLE_RULES = RULES["users"], RULES["oauthClientApps"], RULES["oauthRoles"]
+USERS = COLLECTIONS["users"]
+USER_CLASHES = USERS.clash_rules  # incremental runs: target rows that stay win these
+USER_DUPLICATES = USERS.duplicate_passes  # (subset, order, ascending, code, what, casefold), in order
+USER_KEY_COLUMNS = list(dict.fromkeys(["id", *(c for u in USERS.unique for c in u.columns), "created_at", "updated_at"]))
 
 
 def users_accept(docs: pd.DataFrame, existing: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[dict]]:
@@ -672,23 +681,6 @@ def transform_users(docs: pd.DataFrame, existing: pd.DataFrame | None = None) ->
     return users_result(frame, user_roles, legacy, docs, rejects + el_rejects, el_counts)
 
 
-APP_RULES = {
-    "id": ("oauthClientAppId", app_key("oauthClientAppId", 6)),
-    "client_id": ("clientId", text("clientId", required=True)),
-    "client_secret": ("clientSecret", text("clientSecret")),
-    "name": ("oauthAppName", text("oauthAppName")),
-    "redirect_uri": ("redirectUri", text("redirectUri")),
-    "access_token_validity": ("accessTokenValidity", integer("accessTokenValidity", bits=32)),
-    "is_public_client": ("isPublicClient", boolean("isPublicClient")),
-    "owner_user_id": ("owner", app_key("owner", 12, required=False)),
-    "disabled": ("disabled", boolean("disabled")),
-    "disabled_at": ("disabledAt", timestamp("disabledAt")),
-    "disabled_reason": ("disabledReason", text("disabledReason")),
-    "created_at": ("createdAt", timestamp("createdAt")),
-    "updated_at": ("updatedAt", timestamp("updatedAt")),
-}
-
-
 def transform_apps(docs: pd.DataFrame, known_users: Container[str], legacy_owners: pd.DataFrame,
                    existing: pd.DataFrame | None = None) -> Result:
     """oauthClientApps → oauth_client_apps. A missing owner is back-filled from the user whose
@@ -696,14 +688,7 @@ def transform_apps(docs: pd.DataFrame, known_users: Container[str], legacy_owner
     with a field-level reject explaining why (the app itself is kept)."""
     frame, rejects = _coerce(docs, APP_RULES)
     known_users = known_among(known_users, chain(frame["owner_user_id"], legacy_owners["user_id"]))
-    frame, dropped = _drop_clashes(frame, docs, existing, ["client_id"], "duplicate_client_id", "clientId")
-    rejects += dropped
-    for subset, order, asc, code, what in (
-        (["id"], ["updated_at"], [False], "duplicate_key", "oauthClientAppId"),
-        (["client_id"], ["created_at"], [True], "duplicate_client_id", "clientId"),
-    ):
-        frame, dropped = _drop_duplicates(frame, docs, subset, order, asc, code, what)
-        rejects += dropped
+    frame, rejects = _unique(COLLECTIONS["oauthClientApps"], frame, docs, existing, rejects)
     claims = legacy_owners.groupby("app_id")["user_id"].agg(lambda s: sorted(set(s))).to_dict() \
         if len(legacy_owners) else {}
     owners, backfilled = [], 0
@@ -733,62 +718,115 @@ def transform_apps(docs: pd.DataFrame, known_users: Container[str], legacy_owner
     return _finish(docs, rejects, tables, {"owners_backfilled": backfilled})
 
 
-ROLE_RULES = {
-    "id": ("oauthRoleId", app_key("oauthRoleId", 0)),
-    "oauth_client_app_id": ("oauthClientAppId", app_key("oauthClientAppId", 6)),
-    "oauth_client_id": ("oauthClientId", text("oauthClientId")),
-    "name": ("oauthRoleName", text("oauthRoleName", required=True)),
-    "owner_user_id": ("owner", app_key("owner", 12, required=False)),
-    "created_at": ("createdAt", timestamp("createdAt")),
-    "updated_at": ("updatedAt", timestamp("updatedAt")),
-    "_members": ("oauthUserIds", array("oauthUserIds")),
-}
-
-
 def transform_roles(docs: pd.DataFrame, known_users: Container[str], known_apps: Container[str],
                     existing: pd.DataFrame | None = None) -> Result:
-    """oauthRoles → client_roles, client_role_users. ``"*"`` sets ``grants_all_users``
-    (kept alongside any explicit members); a role of a missing app is rejected."""
-    frame, rejects = _coerce(docs, ROLE_RULES)
-    known_apps = known_among(known_apps, frame["oauth_client_app_id"])
-    known_users = known_among(known_users, chain(frame["owner_user_id"], _element_keys(frame["_members"], _member_id)))
-    dangling = ~frame["oauth_client_app_id"].isin(known_apps)
-    for idx in frame.index[dangling.to_numpy()]:
-        rejects.append(_reject_row(
-            docs["_doc"].iat[frame.at[idx, "_row"]], "document", None, "dangling_app",
-            f"app {frame.at[idx, 'oauth_client_app_id']} does not exist (or was rejected)"))
-    frame = frame[~dangling]
-    frame, dropped = _drop_clashes(frame, docs, existing, ["oauth_client_app_id", "name"], "duplicate_role_name",
-                                   "(app, role name)")
-    rejects += dropped
-    for subset, order, asc, code, what in (
-        (["id"], ["updated_at"], [False], "duplicate_key", "oauthRoleId"),
-        (["oauth_client_app_id", "name"], ["created_at"], [True], "duplicate_role_name", "(app, role name)"),
-    ):
-        frame, dropped = _drop_duplicates(frame, docs, subset, order, asc, code, what)
+    """oauthRoles → client_roles, client_role_users, by the declaration (hook
+    ``grant_all_wildcard``: ``"*"`` sets ``grants_all_users``, kept alongside explicit members)."""
+    return transform_declared(COLLECTIONS["oauthRoles"], docs, {"users": known_users, "oauthClientApps": known_apps},
+                              existing)
+
+
+def _unique(spec: Collection, frame: pd.DataFrame, docs: pd.DataFrame, existing: pd.DataFrame | None,
+            rejects: list[dict]) -> tuple[pd.DataFrame, list[dict]]:
+    """The declaration's uniqueness: collisions with target rows that stay (incremental runs),
+    then the key and each Unique within the batch, one pass after the other."""
+    for subset, code, what, fold in spec.clash_rules:
+        frame, dropped = _drop_clashes(frame, docs, existing, subset, code, what, fold)
         rejects += dropped
-    owners = []
-    for owner, row in zip(frame["owner_user_id"], frame["_row"]):
-        if owner is not None and owner not in known_users:
-            rejects.append(_reject_row(docs["_doc"].iat[row], "field", owner, "dangling_owner",
-                                       f"owner {owner} does not exist (or was rejected); owner set to NULL"))
-            owner = None
-        owners.append(owner)
-    frame = frame.assign(
-        owner_user_id=pd.Series(owners, index=frame.index, dtype=object),
-        grants_all_users=[WILDCARD in m for m in frame["_members"]],
-    ).sort_values("id", kind="stable")
-    members, el_rejects, el_counts = _explode(frame, docs, "_members", "id", "user_id", _member_id, known_users)
-    members = members.rename(columns={"id": "client_role_id"}).sort_values(["client_role_id", "user_id"])
-    rejects += el_rejects
-    el_counts.pop("_wildcard_rows")
-    tables = {
-        "client_roles": _typed(frame, "client_roles"),
-        "client_role_users": _typed(members, "client_role_users"),
-    }
-    return _finish(docs, rejects, tables, {"arrays": {"client_role_users": el_counts}})
+    for subset, order, asc, code, what, fold in spec.duplicate_passes:
+        frame, dropped = _drop_duplicates(frame, docs, subset, order, asc, code, what, fold)
+        rejects += dropped
+    return frame, rejects
 
 
-TRANSFORMS = {"users": transform_users, "oauthClientApps": transform_apps, "oauthRoles": transform_roles}
-RULES = {"users": USER_RULES, "oauthClientApps": APP_RULES, "oauthRoles": ROLE_RULES}
-assert set(TRANSFORMS) == set(COLLECTIONS)
+def _grant_all_wildcard(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.assign(grants_all_users=[WILDCARD in m for m in frame["_members"]])
+
+
+FRAME_HOOKS = {"grant_all_wildcard": _grant_all_wildcard}  # hooks the declared transform applies
+
+
+def transform_declared(spec: Collection, docs: pd.DataFrame, known: dict[str, Container[str]],
+                       existing: pd.DataFrame | None = None) -> Result:
+    """Any collection by its declaration alone: coerce every field (§2), reject documents whose
+    ``reject`` references dangle, drop collisions and duplicates (key, then each Unique), NULL
+    the ``null`` references that dangle (a field reject each), apply the frame hooks, explode
+    each array into its join table. ``known``: per referenced collection, its accepted keys."""
+    frame, rejects = _coerce(docs, RULES[spec.name])
+    sources = docs["_doc"]
+    wanted: dict[str, list] = {}
+    for r in spec.references:
+        wanted.setdefault(r.collection, []).append(frame[r.column])
+    for a in spec.arrays:
+        if a.references:
+            wanted.setdefault(a.references, []).append(_element_keys(frame[a.column], element_rule(a)))
+    known = {name: known_among(known[name], chain(*columns)) for name, columns in wanted.items()}
+    for r in spec.references:
+        if r.dangling != "reject":
+            continue
+        values = frame[r.column]
+        dangling = (values.notna() & ~values.isin(known[r.collection])).to_numpy()
+        for idx in frame.index[dangling]:
+            rejects.append(_reject_row(sources.iat[frame.at[idx, "_row"]], "document", None, r.code,
+                                       f"{r.what} {frame.at[idx, r.column]} does not exist (or was rejected)"))
+        frame = frame[~dangling]
+    frame, rejects = _unique(spec, frame, docs, existing, rejects)
+    for r in spec.references:
+        if r.dangling != "null":
+            continue
+        values = []
+        for value, row in zip(frame[r.column], frame["_row"]):
+            if value is not None and value not in known[r.collection]:
+                rejects.append(_reject_row(sources.iat[row], "field", value, r.code,
+                                           f"{r.what} {value} does not exist (or was rejected); {r.what} set to NULL"))
+                value = None
+            values.append(value)
+        frame = frame.assign(**{r.column: pd.Series(values, index=frame.index, dtype=object)})
+    for hook in spec.hooks:
+        frame = FRAME_HOOKS[hook](frame)  # a declared transform has frame hooks only (checked below)
+    frame = frame.sort_values("id", kind="stable")
+    tables = {spec.table: _typed(frame, spec.table)}
+    arrays = {}
+    for a in spec.arrays:
+        rows, el_rejects, counts = _explode(frame, docs, a.column, "id", a.element_column, element_rule(a),
+                                            known.get(a.references) if a.references else None,
+                                            a.dangling_code, a.dangling_what)
+        rows = rows.rename(columns={"id": a.parent_column}).sort_values([a.parent_column, a.element_column])
+        rejects += el_rejects
+        counts.pop("_wildcard_rows")
+        tables[a.table] = _typed(rows, a.table)
+        arrays[a.table] = counts
+    return _finish(docs, rejects, tables, {"arrays": arrays} if arrays else {})
+
+
+def _own_users(docs, known, existing, extras) -> Result:
+    return transform_users(docs, existing)
+
+
+def _own_apps(docs, known, existing, extras) -> Result:
+    legacy = extras.get("legacy_owners")
+    if legacy is None:
+        legacy = pd.DataFrame({"app_id": pd.Series(dtype="string"), "user_id": pd.Series(dtype="string")})
+    return transform_apps(docs, known["users"], legacy, existing)
+
+
+#: Collections with logic of their own (their hooks); every other collection is transformed by
+#: its declaration alone (transform_declared).
+OWN_TRANSFORMS = {"users": _own_users, "oauthClientApps": _own_apps}
+
+
+def transform(collection: str, docs: pd.DataFrame, known: dict[str, Container[str]] | None = None,
+              existing: pd.DataFrame | None = None, extras: dict[str, pd.DataFrame] | None = None) -> Result:
+    """The one transform signature: a collection's documents, the accepted keys of the
+    collections it references, the target rows an incremental batch must not collide with, and
+    the upstream transforms' extras (the users' legacy ownership claims)."""
+    spec = COLLECTIONS[collection]  # KeyError: never route a collection to another's rules
+    own = OWN_TRANSFORMS.get(collection)
+    if own is not None:
+        return own(docs, known or {}, existing, extras or {})
+    return transform_declared(spec, docs, known or {}, existing)
+
+
+_unknown = {name: [h for h in spec.hooks if h not in FRAME_HOOKS] for name, spec in COLLECTIONS.items()
+            if name not in OWN_TRANSFORMS}
+assert not any(_unknown.values()), f"hooks that need a transform of their own: {_unknown}"

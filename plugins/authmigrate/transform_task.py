@@ -225,17 +225,8 @@ def transform_users_batched(paths: str | list[str], out, batch_size: int, census
     return result, {name: str(path) for name, path in survivors.items()}, newest, undecodable
 
 
-KEY_RULES = {"users": tf.USER_RULES["id"][1], "oauthClientApps": tf.APP_RULES["id"][1],
-             "oauthRoles": tf.ROLE_RULES["id"][1]}
-COMPETITOR_COLUMNS = {
-    "users": ("id", "mongo_id", "username", "email", "identity_provider", "identity_provider_user_id"),
-    "oauthClientApps": ("id", "mongo_id", "client_id"),
-    "oauthRoles": ("id", "mongo_id", "oauth_client_app_id", "name"),
-}
-
-
 def _key_list(collection: str, values) -> list[str]:
-    coerce, out = KEY_RULES[collection], []
+    coerce, out = tf.RULES[collection]["id"][1], []
     for v in values:
         try:
             out.append(coerce(v))
@@ -270,7 +261,7 @@ def _competitors(cfg: RunConfig, collection: str, source_keys: set[str], batch_k
     """Target rows that stay and that batch rows must not collide with (incremental runs)."""
     from authmigrate.db import q, use_schema
 
-    cols = COMPETITOR_COLUMNS[collection]
+    cols = COLLECTIONS[collection].competitor_columns
     with connect(cfg) as conn, conn.transaction():
         use_schema(conn, cfg)
         rows = conn.execute(q("competitors", columns=cols, table=COLLECTIONS[collection].main_table.name)).fetchall()
@@ -280,6 +271,8 @@ def _competitors(cfg: RunConfig, collection: str, source_keys: set[str], batch_k
 
 
 def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstream: dict[str, dict | None]) -> dict:
+    if exported.get("absent"):
+        return _absent(cfg, collection, exported)
     if collection == "users" and exported.get("mode") != "incremental":
         return _transform_users_file(cfg, exported)
     spec = COLLECTIONS[collection]
@@ -300,20 +293,26 @@ def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstre
                                           out / "batch_keys.parquet"))
         log.info("transform %s: incremental batch of %d documents; %d keys in the source; %d target rows "
                  "checked for collisions", collection, len(frame), len(source_keys), len(existing))
-    if collection == "users":
-        result = tf.transform_users(frame, existing)
-    elif collection == "oauthClientApps":
-        users = upstream.get("users")
-        legacy = read_frame(users["extras"]["legacy_owners"]) if users else pd.DataFrame(columns=["app_id", "user_id"])
-        result = tf.transform_apps(frame, _keys(cfg, "users", users), legacy, existing)
-    elif collection == "oauthRoles":
-        result = tf.transform_roles(frame, _keys(cfg, "users", upstream.get("users")),
-                                    _keys(cfg, "oauthClientApps", upstream.get("oauthClientApps")), existing)
-    else:  # never route a collection to another's rules
-        raise NotImplementedError(f"no transform for collection {collection!r}: add it to transform_collection")
+    known = {dep: _keys(cfg, dep, upstream.get(dep)) for dep in spec.depends_on}
+    extras = {name: read_frame(path) for dep in upstream.values() if dep
+              for name, path in (dep.get("extras") or {}).items()}
+    result = tf.transform(collection, frame, known, existing, extras)
     stamps = [t for t in frame.get("updatedAt", ()) if isinstance(t, dt.datetime)]
     return _outputs(collection, out, result, {}, undecodable, max(stamps) if stamps else None,
                     incremental, source_keys_path, batch_keys_path, collection_census(census, collection))
+
+
+def _absent(cfg: RunConfig, collection: str, exported: dict) -> dict:
+    """An optional collection the source does not have: nothing to transform; the load leaves its
+    tables as they are and the report says so."""
+    out = collection_dir(cfg, collection, "transform")
+    log.info("transform %s: the source has no collection %r (optional): nothing to transform",
+             collection, exported["source"])
+    counts = {"source_documents": 0, "rejected_documents": 0, "rows": {}, "rejects_by_reason": {}}
+    return {"path": str(out), "tables": {}, "extras": {}, "counts": counts, "mode": "full",
+            "rejects": str(write_frame(tf.rejects_frame([]), out / "rejects.parquet")),
+            "source_keys": None, "batch_keys": None, "watermark_candidate": None, "census": None,
+            "absent": True, "source": exported["source"]}
 
 
 def _transform_users_file(cfg: RunConfig, exported: dict) -> dict:

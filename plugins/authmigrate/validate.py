@@ -73,9 +73,8 @@ def catalog_checks(conn, schema: str) -> list[Check]:
 
 
 def table_counts(conn) -> dict[str, int]:
-    return {name: conn.execute(q("table_count", table=name)).fetchone()[0]
-            for name in ("users", "roles", "user_roles", "permissions", "role_permissions",
-                         "oauth_client_apps", "client_roles", "client_role_users", "sessions")}
+    """Rows of every table schema.sql creates, in its order."""
+    return {name: conn.execute(q("table_count", table=name)).fetchone()[0] for name in sqlfiles.declared_tables()}
 
 
 def batch_child_counts(conn, results: dict[str, dict]) -> dict[str, int]:
@@ -88,7 +87,7 @@ def batch_child_counts(conn, results: dict[str, dict]) -> dict[str, int]:
             continue
         spec = COLLECTIONS[collection]
         parents = read_frame(r["transform"]["tables"][spec.main_table.name], ["id"])["id"].tolist()
-        for join_table in (spec.arrays or {}).values():
+        for join_table in spec.array_tables.values():
             t = TABLES[join_table]
             out[join_table] = conn.execute(q("count_children_of", table=join_table, parent_column=t.parent_column),
                                            {"parents": parents}).fetchone()[0]
@@ -134,6 +133,11 @@ def reconcile(results: dict[str, dict], counts: dict[str, int], rejects: list[tu
                 f" + expired while reading {expired}",
             ))
             continue
+        if r["transform"].get("absent"):
+            checks.append(Check(f"reconcile {collection}", exported == 0,
+                                f"the source has no collection {r['transform']['source']!r} (optional): nothing "
+                                f"read, its tables left as they were"))
+            continue
         spec = COLLECTIONS[collection]
         incremental = r["transform"].get("mode") == "incremental"
         # an incremental batch: its accepted rows (each proven present by the content check)
@@ -143,7 +147,7 @@ def reconcile(results: dict[str, dict], counts: dict[str, int], rejects: list[tu
             f"reconcile {collection} {what}", exported == t["source_documents"] == loaded + doc_rejects,
             f"exported {exported} = transformed {t['source_documents']} = loaded {loaded} + rejected {doc_rejects}",
         ))
-        for field, join_table in (spec.arrays or {}).items():
+        for field, join_table in spec.array_tables.items():
             a = t["arrays"][join_table]
             el_rejects = sum(n for c, scope, _, n in rejects if c == collection and scope == "element")
             rows = batch_children[join_table] if incremental else counts[join_table]
@@ -214,6 +218,10 @@ def render_report(cfg: RunConfig, results: dict[str, dict], checks: list[Check],
         t = r["transform"]["counts"]
         loaded = t["source_documents"] - t["rejected_documents"] - t.get("expired_during_read", 0)
         name = "sessions (Redis keys)" if collection == "sessions" else collection
+        if r["transform"].get("absent"):
+            lines.append(f"| {name} | absent from the source (`{r['transform']['source']}`): not migrated, "
+                         f"its tables left as they were | — | — |")
+            continue
         lines.append(f"| {name} | {t['source_documents']} | {loaded} | {t['rejected_documents']} |")
     if counts:
         lines += ["", "| table | rows |", "|---|---:|"] + [f"| {k} | {v} |" for k, v in counts.items()]

@@ -28,7 +28,9 @@ from tools.mongo_server import MongoServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "mongo_to_postgres"
-COLLECTION_NAMES = ("users", "oauthClientApps", "oauthRoles")
+from authmigrate.registry import COLLECTIONS  # noqa: E402
+
+COLLECTION_NAMES = tuple(COLLECTIONS)
 # the tasks every fault test checks; the DAG's other tasks (sessions, cache, cutover) must merely not fail
 CORE_TASKS = {f"{c}.{s}" for c in COLLECTION_NAMES for s in ("plan", "export", "transform", "load")} | {"prepare", "validate"}
 

@@ -6,11 +6,12 @@ from collections import Counter
 
 import pytest
 
+from authmigrate.registry import COLLECTIONS
 from tests.data import EXPECTED_REJECTS, EXPECTED_ROWS, SECRETS, documents
 
 pytestmark = pytest.mark.integration
 
-ALL_TASKS = {f"{c}.{s}" for c in ("users", "oauthClientApps", "oauthRoles") for s in ("plan", "export", "transform", "load")}
+ALL_TASKS = {f"{c}.{s}" for c in COLLECTIONS for s in ("plan", "export", "transform", "load")}
 ALL_TASKS |= {"prepare", "validate"}
 # off unless asked for: the session sync (sessions=False in these runs), cache invalidation, cutover
 OPTIONAL = {"sessions.export", "sessions.transform", "sessions.load", "invalidate_cache", "cutover"}
@@ -95,10 +96,21 @@ def test_rerun_reflects_updates_deletions_and_role_removals(migration):
                                               "owner": "000000000002"})
     admin["oauthUserIds"] = [3, "999999999999"]  # alice removed from the role
     migration.db.oauthRoles.replace_one({"_id": admin["_id"]}, admin)
-    migration.db.oauthClientApps.delete_one({"oauthClientAppId": "100005"})
+    migration.db.oauthClientApps.delete_one({"oauthClientAppId": "100005"})  # consent-7's app: it goes too
+    consent = migration.db.userAppConsents.find_one({"consentId": "consent-1"})
+    migration.db.userAppConsents.replace_one({"_id": consent["_id"]}, {**consent, "consentedScopes": ["openid"]})
+    invite = migration.db.invitations.find_one({"inviteId": "invite-1"})
+    migration.db.invitations.replace_one({"_id": invite["_id"]}, {**invite, "revokedAt": invite["expiresAt"]})
+    migration.db.invitations.delete_one({"inviteId": "invite-2"})
 
     migration.run()
     after = migration.snapshot()
+    assert sorted(migration.sql("SELECT consent_id, scope FROM user_app_consent_scopes")) == [
+        ("consent-1", "openid"), ("consent-2", "openid")]
+    assert [r[0] for r in migration.sql("SELECT id FROM user_app_consents ORDER BY 1")] == ["consent-1", "consent-2"]
+    assert migration.sql("SELECT id, revoked_at IS NOT NULL FROM invitations ORDER BY 1") == [
+        ("invite-1", True), ("invite-4", False)]
+    assert migration.sql("SELECT invitation_id FROM invitation_roles") == [("invite-1",)]
     assert migration.sql("SELECT last_name FROM users WHERE id = '000000000001'") == [("Renamed",)]
     assert migration.sql("SELECT count(*) FROM users WHERE id = '000000000005'") == [(0,)]
     assert migration.sql("SELECT count(*) FROM oauth_client_apps WHERE id = '100005'") == [(0,)]
@@ -143,7 +155,7 @@ def test_collections_subset_runs_only_those_and_checks_references_in_the_target(
     before = migration.snapshot()
     migration.run(collections=["oauthRoles"])
     assert {t for t, s in migration.last_states.items() if s == "skipped"} == OPTIONAL | {
-        f"{c}.{s}" for c in ("users", "oauthClientApps") for s in ("plan", "export", "transform", "load")}
+        f"{c}.{s}" for c in COLLECTIONS if c != "oauthRoles" for s in ("plan", "export", "transform", "load")}
     assert migration.snapshot() == before
 
 
@@ -156,7 +168,7 @@ def test_missing_source_collection_fails_with_a_clear_message(migration, capfd):
     assert migration.last_states["validate"] == "upstream_failed"
     out = "".join(capfd.readouterr())
     assert "collection 'oauthroles' not found" in out and "Mongoose" in out
-    assert "(it has: ['oauthClientApps', 'oauthRoles', 'users'])" in out
+    assert "(it has: ['appSettings', 'invitations', 'oauthClientApps', 'oauthRoles', 'userAppConsents', 'users'])" in out
     # a failed run never keeps the target locked: the release_lock teardown ran anyway
     from authmigrate import lock
     from authmigrate.config import RunConfig
@@ -222,7 +234,7 @@ def test_make_migrate_fails_a_too_dirty_source_at_once_and_its_last_lines_say_wh
     assert ended - datetime.fromisoformat(started[1].replace("Z", "+00:00")).timestamp() < 60
     last = out.strip().splitlines()[-4:]
     assert "FAILED" in last[0] and "validate failed (try 1)" in last[1], last
-    assert "[FAILED] reject ratio: 7/20 = 35.00% (max 1.00%)" in last[2], last
+    assert "[FAILED] reject ratio: 15/35 = 42.86% (max 1.00%)" in last[2], last
     assert "What to do:" in last[3] and "max_reject_ratio" in last[3], last
     assert "try 2" not in out
 
@@ -230,8 +242,8 @@ def test_make_migrate_fails_a_too_dirty_source_at_once_and_its_last_lines_say_wh
 def test_the_census_lists_what_the_run_does_not_take_and_unmapped_fail_fails_on_it(migration):
     """Also: every committed table emits an asset event (checked on the first run)."""
     migration.seed(documents())
-    migration.db.create_collection("userappconsents")
-    migration.db.userappconsents.insert_many([{"consentId": f"c{i}", "userId": "000000000001"} for i in range(3)])
+    migration.db.create_collection("adminAuditLog")
+    migration.db.adminAuditLog.insert_many([{"action": f"a{i}", "userId": "000000000001"} for i in range(3)])
     for user_id in ("000000000001", "000000000002"):
         doc = migration.db.users.find_one({"userId": user_id})
         migration.db.users.replace_one({"_id": doc["_id"]}, {**doc, "favouriteColour": "red"})
@@ -240,10 +252,10 @@ def test_the_census_lists_what_the_run_does_not_take_and_unmapped_fail_fails_on_
     assert_asset_events(migration, dr)  # shares this run: one Airflow run fewer
     report, counts = migration.sql("SELECT report, counts FROM authmigrate.runs WHERE run_id = %s", (dr.run_id,))[0]
     assert "## Source census: what this run does not take" in report
-    assert "- `userappconsents`: 3 documents" in report
+    assert "- `adminAuditLog`: 3 documents" in report
     assert "- unmapped `favouriteColour`: in 2 documents, types string ×2" in report
     census = counts["census"]
-    assert census["unmapped_collections"] == {"userappconsents": 3}
+    assert census["unmapped_collections"] == {"adminAuditLog": 3}
     users = census["collections"]["users"]
     assert users["documents"] == len(documents()["users"]) == 10  # every document, dirty ones included
     assert users["paths"]["favouriteColour"] == {"documents": 2, "types": {"string": 2}, "mark": "unmapped"}
@@ -253,7 +265,7 @@ def test_the_census_lists_what_the_run_does_not_take_and_unmapped_fail_fails_on_
     assert migration.last_states["validate"] == "failed" and tries(dr)["validate"] == 1
     report = migration.sql("SELECT report FROM authmigrate.runs WHERE run_id = %s", (dr.run_id,))[0][0]
     failed = [line for line in report.splitlines() if "[FAILED] census (unmapped=fail)" in line]
-    assert failed and "collection 'userappconsents' (3 documents) is not mapped" in failed[0]
+    assert failed and "collection 'adminAuditLog' (3 documents) is not mapped" in failed[0]
     assert "users.favouriteColour (2 documents) is not mapped" in failed[0]
 
 

@@ -5,6 +5,8 @@ import datetime as dt
 
 import pytest
 
+from authmigrate.registry import COLLECTIONS
+
 from tests.data import EXPECTED_ROWS, documents, user
 
 pytestmark = pytest.mark.integration
@@ -23,7 +25,7 @@ def test_incremental_resync_touches_only_changed_rows_and_propagates_deletions(m
     migration.seed(documents())
     migration.run()
     marks = watermarks(migration)
-    assert set(marks) == {"users", "oauthClientApps", "oauthRoles"}
+    assert set(marks) == set(COLLECTIONS)
 
     # an unchanged source: nothing is rewritten, and the report says so
     before, stamps = migration.snapshot(), synced(migration)

@@ -52,7 +52,9 @@ def test_dag_shape(dagbag):
     dag = dagbag.dags["mongo_to_postgres"]
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert dag.doc_md and "validate" in dag.doc_md
-    for collection in ("users", "oauthClientApps", "oauthRoles"):
+    from authmigrate.registry import COLLECTIONS
+
+    for collection in COLLECTIONS:
         export, transform, load = (dag.get_task(f"{collection}.{s}") for s in ("export", "transform", "load"))
         assert transform.task_id in export.downstream_task_ids
         assert load.task_id in transform.downstream_task_ids
@@ -62,6 +64,11 @@ def test_dag_shape(dagbag):
     assert "users.transform" in dag.get_task("oauthClientApps.transform").upstream_task_ids
     assert "oauthClientApps.load" in dag.get_task("oauthRoles.load").upstream_task_ids
     assert "users.load" in dag.get_task("oauthClientApps.load").upstream_task_ids
+    # consents need users and apps (a consent dies with its app); invitations need users
+    assert {"users.transform", "oauthClientApps.transform"} <= dag.get_task("userAppConsents.transform").upstream_task_ids
+    assert {"users.load", "oauthClientApps.load"} <= dag.get_task("userAppConsents.load").upstream_task_ids
+    assert "users.load" in dag.get_task("invitations.load").upstream_task_ids
+    assert not dag.get_task("appSettings.transform").upstream_task_ids - {"appSettings.export"}
     for task in dag.tasks:
         assert task.retries >= 1 and task.retry_exponential_backoff
 

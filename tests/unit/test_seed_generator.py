@@ -112,15 +112,18 @@ def test_independent_of_hash_randomisation():
 @pytest.mark.parametrize("n", [0, 1, 2, 19, 20, 39, 40, 199, 1000, 4321])
 def test_volumes(n):
     data = sm.generate(n)
-    assert list(data) == ["users", "oauthClientApps", "oauthRoles"]
+    assert list(data) == ["users", "oauthClientApps", "oauthRoles", "userAppConsents", "invitations", "appSettings"]
     assert len(data["users"]) == n
     assert len(data["oauthClientApps"]) == n // 20
     assert len(data["oauthRoles"]) == (n // 10 if n >= 20 else 0)  # no app → no role
+    assert len(data["userAppConsents"]) == (n // 10 if n >= 20 else 0)  # no app → no consent
+    assert len(data["invitations"]) == n // 100
+    assert len(data["appSettings"]) == (1 if n else 0)
 
 
 def test_zero_users_is_empty():
-    assert sm.generate(0) == {"users": [], "oauthClientApps": [], "oauthRoles": []}
-    assert sm.generate_labeled(0)[1] == {"users": {}, "oauthClientApps": {}, "oauthRoles": {}}
+    assert sm.generate(0) == {c: [] for c in sm.COLLECTIONS}
+    assert sm.generate_labeled(0)[1] == {c: {} for c in sm.COLLECTIONS}
 
 
 @pytest.mark.parametrize("kwargs", [{"n_users": -1}, {"n_users": 10, "dirty_ratio": -0.1},
@@ -140,7 +143,7 @@ def test_full_dirty_ratio_keeps_one_clean_document():
 
 def test_no_dirt_when_ratio_is_zero():
     data, labels = sm.generate_labeled(2000, dirty_ratio=0.0)
-    assert labels == {"users": {}, "oauthClientApps": {}, "oauthRoles": {}}
+    assert labels == {c: {} for c in sm.COLLECTIONS}
     ids = [u["userId"] for u in data["users"]]
     assert len(set(ids)) == len(ids) and all(USER_ID.match(i) for i in ids)
 
@@ -284,7 +287,8 @@ def test_clean_references_are_consistent(labeled, clean):
 
 
 # --------------------------------------------------------------------------- dirt
-@pytest.mark.parametrize("collection,size", [("users", N), ("oauthClientApps", N // 20), ("oauthRoles", N // 10)])
+@pytest.mark.parametrize("collection,size", [("users", N), ("oauthClientApps", N // 20), ("oauthRoles", N // 10),
+                                             ("userAppConsents", N // 10), ("invitations", N // 100)])
 def test_dirty_share_and_kinds(labeled, collection, size):
     _, labels = labeled
     dirty = labels[collection]
@@ -420,3 +424,46 @@ def test_cli_rejects_bad_collection_option(capsys):
     with pytest.raises(SystemExit):
         sm.main(["--db", "idp", "--users", "10", "--collection", "oauthRoles"])
     assert "LOGICAL=NAME" in capsys.readouterr().err
+
+
+def test_the_other_collections_reference_clean_documents_and_show_their_dirt(labeled, clean):
+    data, labels = labeled
+    user_ids = {u["userId"] for u in clean["users"].values()}
+    apps = {a["oauthClientAppId"]: a for a in clean["oauthClientApps"].values()}
+    every_user_id = {str(u.get("userId")) for u in data["users"]}
+    every_app_id = {a["oauthClientAppId"] for a in data["oauthClientApps"]}
+    pairs = set()
+    for c in clean["userAppConsents"].values():
+        assert c["userId"] in user_ids and c["clientId"] == apps[c["oauthClientAppId"]]["clientId"]
+        assert (c["userId"], c["oauthClientAppId"]) not in pairs  # one consent per (user, app)
+        pairs.add((c["userId"], c["oauthClientAppId"]))
+        assert c["consentedScopes"][0] == "openid" and len(set(c["consentedScopes"])) == len(c["consentedScopes"])
+        assert c["firstAuthAt"] <= c["lastAuthAt"]
+    for i in clean["invitations"].values():
+        assert "@" in i["email"] and re.fullmatch(r"[0-9a-f]{64}", i["tokenHash"])
+        assert i.get("acceptedUserId") is None or i["acceptedUserId"] in user_ids
+    assert [s["key"] for s in data["appSettings"]] == ["global"]
+    for k, kind in labels["userAppConsents"].items():
+        c = data["userAppConsents"][k]
+        if kind == "dangling_user":
+            assert c["userId"] not in every_user_id
+        elif kind == "dangling_app":
+            assert c["oauthClientAppId"] not in every_app_id
+        elif kind == "duplicate_consent":
+            assert (c["userId"], c["oauthClientAppId"]) in pairs
+        elif kind == "missing_consent_id":
+            assert "consentId" not in c
+        elif kind == "scopes_string":
+            assert isinstance(c["consentedScopes"], str)
+        elif kind == "scopes_duplicates":
+            assert len(set(c["consentedScopes"])) < len(c["consentedScopes"])
+    for k, kind in labels["invitations"].items():
+        i = data["invitations"][k]
+        if kind == "missing_email":
+            assert "email" not in i
+        elif kind == "dangling_accepted_user":
+            assert i["acceptedUserId"] not in every_user_id
+        elif kind == "expires_at_garbage":
+            assert isinstance(i["expiresAt"], str)
+        elif kind == "roles_empty_string":
+            assert "" in i["providerRoles"]
