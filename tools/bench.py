@@ -4,7 +4,8 @@
     make bench BENCH_USERS=200000
 
 1. Starts a fresh nx-27017 (own data folder, free port) and seeds it with
-   ``tools.seed_mongo.seed(uri, "idp", N)``: N users, N/20 apps, N/10 roles, ~3 % dirty.
+   ``tools.seed_mongo.seed(uri, "idp", N)``: N users, N/20 apps, N/10 roles, N/10 consents, N/100
+   invitations, the settings document, ~3 % dirty.
    (N = 1,000,000 works, but seeding nx-27017 alone then takes several minutes.)
 2. Measures, each in a subprocess whose process tree is sampled from /proc every 0.2 s
    (summed RSS of the tree; memory over time), each against a fresh PostgreSQL database:
@@ -48,7 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = os.environ.get("AUTHMIGRATE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_CONN = os.environ.get("AUTHMIGRATE_BENCH_REDIS", "redis://127.0.0.1:6379?db=14")
 MONGO_DB = "idp"
-COLLECTIONS = ("users", "oauthClientApps", "oauthRoles")
+# every collection the seeder writes (tools.seed_mongo.COLLECTIONS; tests/unit/test_bench_report.py)
+COLLECTIONS = ("users", "oauthClientApps", "oauthRoles", "userAppConsents", "invitations", "appSettings")
 DAG_ID = "mongo_to_postgres"
 DAG_CONF = {"sessions": False, "max_reject_ratio": 0.1}
 DLT_VENV = ROOT / ".bench" / "dlt-venv"

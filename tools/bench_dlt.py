@@ -23,7 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-COLLECTIONS = ("users", "oauthClientApps", "oauthRoles")
+# every collection the seeder writes (tools.seed_mongo.COLLECTIONS; tests/unit/test_bench_report.py)
+COLLECTIONS = ("users", "oauthClientApps", "oauthRoles", "userAppConsents", "invitations", "appSettings")
 
 
 def _plain(value):

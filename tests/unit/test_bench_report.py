@@ -52,3 +52,9 @@ def test_targets_with_and_without_a_peak_reference(tmp_path):
         ratios, targets = bench.ratios_and_targets(_systems(peak), ref)
         growth = next(t for t in targets if "the peak at N = 100,000" in t["target"])
         assert growth["measured"] == round(peak / 500, 2) and growth["met"] is ok
+
+
+def test_the_bench_floor_and_dlt_read_every_collection_the_seeder_writes():
+    from tools import bench, bench_dlt, seed_mongo
+
+    assert bench.COLLECTIONS == bench_dlt.COLLECTIONS == seed_mongo.COLLECTIONS
