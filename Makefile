@@ -16,6 +16,12 @@ DEMO_USERS  ?= 20000
 DEMO_DB     ?= authmigrate_demo
 DEMO_REDIS_DB ?= 5
 CONF        ?= {}
+DEMO_SOURCE ?= mongodb
+DEMO_FORMAT ?= bson
+# make run DEMO_SOURCE=files [DEMO_FORMAT=bson|bson.gz|archive|jsonl|jsonarray]: the same generated data
+# written as dump files under .run/dump (the default AUTHMIGRATE_SOURCE_ROOTS), migrated with source=files
+DEMO_FILES_PATH = $(CURDIR)/.run/dump$(if $(filter archive,$(DEMO_FORMAT)),/idp.archive,)
+DEMO_FILES_CONF = {"source": "files", "source_path": "$(DEMO_FILES_PATH)"}
 
 # An Airflow home local to the project (git-ignored), this project's DAG and plugins.
 export AIRFLOW_HOME ?= $(CURDIR)/.airflow
@@ -72,7 +78,10 @@ run: venv services mongo-start
 	$(PY) -m tools.seed_redis --db $(DEMO_REDIS_DB) --mongo mongodb://127.0.0.1:$(MONGO_PORT) --mongo-db idp
 	psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$(DEMO_DB)'" | grep -q 1 \
 	  || psql -h 127.0.0.1 -U postgres -qc 'CREATE DATABASE "$(DEMO_DB)"'
-	$(DEMO_CONNS) $(MAKE) --no-print-directory migrate > .run/migrate.log 2>&1 \
+	$(if $(filter files,$(DEMO_SOURCE)),rm -rf .run/dump && $(PY) -m tools.seed_mongo --db idp --users $(DEMO_USERS) \
+	  --format $(DEMO_FORMAT) --out .run/dump,)
+	$(DEMO_CONNS) $(MAKE) --no-print-directory migrate $(if $(filter files,$(DEMO_SOURCE)),CONF='$(DEMO_FILES_CONF)',) \
+	  > .run/migrate.log 2>&1 \
 	  || { tail -n 60 .run/migrate.log; echo "the run failed: full log in .run/migrate.log" >&2; exit 1; }
 	@echo "full log: .run/migrate.log"
 	@$(DEMO_CONNS) $(PY) -m tools.show_report

@@ -23,7 +23,8 @@ CLI::
     python -m tools.seed_mongo --uri mongodb://127.0.0.1:27017 --db idp --users 5000 \\
         [--seed 42] [--dirty-ratio 0.03] [--no-drop] [--collection oauthRoles=oauthroles]
 
-prints a one-line JSON summary.
+prints a one-line JSON summary. ``--format bson|bson.gz|archive|jsonl|jsonarray --out DIR`` writes
+the same documents as mongodump / mongoexport files instead (tools/write_dump.py).
 """
 from __future__ import annotations
 
@@ -700,7 +701,7 @@ def _others(rng: Random, n: int, dirty_ratio: float, users: list[dict], apps: li
     if n:
         settings.append({"key": "global", "registrationEnabled": True, "passwordResetEnabled": True,
                          "appCreationEnabled": rnd() < 0.5, "allowAllUsersManageApps": False, "maintenanceMode": False,
-                         "maintenanceMessage": "", "allowedEmailDomains": list(EMAIL_DOMAINS[:2]),
+                         "maintenanceMessage": "", "allowedEmailDomains": sorted(set(EMAIL_DOMAINS))[:2],
                          "socialLoginEnabled": True, "updatedBy": admins_emails[0], "createdAt": _dt(0),
                          "updatedAt": _dt(SPAN_MS // 2), "__v": 0})
     return ({"userAppConsents": consents, "invitations": invitations, "appSettings": settings},
@@ -783,7 +784,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=5000)
     p.add_argument("--collection", action="append", default=[], metavar="LOGICAL=NAME",
                    help="actual collection name, e.g. oauthRoles=oauthroles (repeatable)")
+    p.add_argument("--format", choices=("bson", "bson.gz", "archive", "jsonl", "jsonarray"),
+                   help="write the documents as dump files into --out instead of inserting them")
+    p.add_argument("--out", help="the dump folder for --format")
     args = p.parse_args(argv)
+    if args.format:
+        from pathlib import Path
+
+        from tools.write_dump import write
+
+        if not args.out:
+            p.error("--format needs --out")
+        files = write(generate(args.users, seed=args.seed, dirty_ratio=args.dirty_ratio), Path(args.out), args.format,
+                      db=args.db)
+        print(json.dumps({"format": args.format, "files": [str(f) for f in files]}))
+        return 0
     mapping = {}
     for item in args.collection:
         logical, sep, actual = item.partition("=")

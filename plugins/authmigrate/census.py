@@ -161,9 +161,11 @@ def source_collections(cfg) -> dict[str, int]:
     """Every collection of the source database that no declaration maps, with its document
     count (``estimatedDocumentCount``: from the collection's metadata, no scan), system
     collections left out."""
-    from airflow.providers.mongo.hooks.mongo import MongoHook
-
     from authmigrate.registry import COLLECTIONS
+
+    if cfg.source == "files":
+        return _dump_collections(cfg)
+    from airflow.providers.mongo.hooks.mongo import MongoHook
 
     from authmigrate.config import ConfigError
     from authmigrate.export import resolve_source
@@ -179,6 +181,16 @@ def source_collections(cfg) -> dict[str, int]:
             pass
     return {name: db[name].estimated_document_count() for name in sorted(existing)
             if name not in read and not name.startswith("system.")}
+
+
+def _dump_collections(cfg) -> dict[str, int]:
+    """source=files: the dump's collections that no declaration reads, with their documents."""
+    from authmigrate.filesource import dump_collections
+    from authmigrate.registry import COLLECTIONS
+
+    spec_names = {cfg.source_collections[c] for c in COLLECTIONS}
+    spec_names |= {s.mongoose_name for s in COLLECTIONS.values() if s.optional and s.mongoose_name}
+    return {name: n for name, n in dump_collections(cfg).items() if name not in spec_names}
 
 
 def report_lines(census: dict[str, Any]) -> list[str]:

@@ -89,6 +89,22 @@ def _unmapped(value: Any) -> str:
     return value
 
 
+def _source(params: dict[str, Any]) -> dict[str, str]:
+    """source / source_path / source_database; a path outside AUTHMIGRATE_SOURCE_ROOTS is refused
+    here, before any task reads a byte of it."""
+    source = _choice(params.get("source", "mongodb"), ("mongodb", "files"), "source")
+    path, database = params.get("source_path") or "", params.get("source_database") or ""
+    if not isinstance(database, str) or "/" in database or ".." in database or "\x00" in database:
+        raise ConfigError(f"source_database must be a database name, got {database!r}")
+    if source == "files":
+        from authmigrate.filesource import check_allowed
+
+        if not path:
+            raise ConfigError("source=files needs source_path: the dump folder, or a mongodump --archive file")
+        check_allowed(path)
+    return {"source": source, "source_path": path, "source_database": database}
+
+
 def default_cache_keys() -> dict[str, list[str]]:
     """Cache-key patterns from AUTHMIGRATE_CACHE_KEYS (JSON), e.g.
     {"users": ["cache:user:{id}"], "oauth_client_apps": ["cache:oauth_app:{client_id}"]}."""
@@ -199,6 +215,9 @@ class RunConfig:
     cutover: bool = False
     cache_keys: dict[str, list[str]] = field(default_factory=dict)
     unmapped: str = "report"
+    source: str = "mongodb"
+    source_path: str = ""
+    source_database: str = ""
 
     @classmethod
     def from_params(cls, params: dict[str, Any], run_id: str) -> "RunConfig":
@@ -242,6 +261,7 @@ class RunConfig:
             cutover=bool(params.get("cutover", False)),
             cache_keys=validate_cache_keys(params.get("cache_keys") or {}),
             unmapped=_unmapped(params.get("unmapped", "report")),
+            **_source(params),
         )
 
     def staging_dir(self) -> Path:

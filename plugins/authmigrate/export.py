@@ -123,6 +123,10 @@ def plan_chunks(cfg: RunConfig, collection: str) -> list[dict]:
     Documents whose ``_id`` is not an ObjectId (no ObjectId range can match them) get a
     chunk of their own, listed by value. In incremental runs the key-only pass that
     propagates deletions is one more job. Otherwise one chunk: the whole collection."""
+    if cfg.source == "files":
+        from authmigrate import filesource
+
+        return filesource.plan(cfg, collection, cfg.mode == "incremental" and watermark(cfg, collection) is not None)
     coll = source_collection(cfg, collection)
     if coll is None:
         log.warning("export %s: the source has no collection %r; it is optional: nothing is migrated and its "
@@ -186,6 +190,8 @@ def export_chunk(cfg: RunConfig, chunk: dict) -> dict:
     if chunk["kind"] == "absent":
         return {**chunk, "path": None, "documents": 0, "batches": 0, "mode": "full", "since": None, "absent": True,
                 "source": cfg.source_collections[collection]}
+    if cfg.source == "files":
+        return _export_file_chunk(cfg, chunk)
     coll = source_collection(cfg, collection)
     if coll is None:
         raise ConfigError(f"collection {cfg.source_collections[collection]!r} left the source after the run planned "
@@ -225,6 +231,62 @@ def export_chunk(cfg: RunConfig, chunk: dict) -> dict:
     return result
 
 
+def _export_file_chunk(cfg: RunConfig, chunk: dict) -> dict:
+    """Export one chunk of a dump file: the same Parquet of raw BSON as the live export, plus the
+    file's bad pieces as rejects (each counted as a source document)."""
+    import bson
+
+    from authmigrate import filesource
+    from authmigrate import transform as tf
+    from authmigrate.staging import write_frame
+
+    collection, spec = chunk["collection"], COLLECTIONS[chunk["collection"]]
+    path = filesource._path(chunk["file"])
+    folder = collection_dir(cfg, collection, "export")
+    since = None
+    if chunk["kind"] == "file" and cfg.mode == "incremental":
+        mark = watermark(cfg, collection)
+        since = mark - dt.timedelta(seconds=cfg.overlap_seconds) if mark is not None else None
+    name = "keys" if chunk["kind"] == "keys" else f"chunk-{chunk['index']:04d}"
+    out, bad, crc = folder / f"{name}.parquet", [], None
+    progress = Progress(f"export {collection} {name} from {path.name}", None)
+
+    def raws():
+        nonlocal crc
+        for item in filesource.items(cfg, collection, path, chunk["format"], chunk.get("start", 0), chunk.get("end")):
+            if item[0] == "crc":
+                crc = {"namespace": item[1], "ok": item[2]}
+            elif item[0] == "bad":
+                bad.append(filesource.reject(chunk["file"], item[2], item[3]))
+            elif chunk["kind"] == "keys":
+                doc = bson.decode(item[2])
+                yield _Raw(bson.encode({"_id": doc.get("_id"), spec.key_field: doc.get(spec.key_field)}))
+            elif since is None or filesource.changed(item[2], since):
+                yield _Raw(item[2])
+
+    batches = _write_raw(raws(), out, max(cfg.batch_size, 10_000) if chunk["kind"] == "keys" else cfg.batch_size,
+                         progress)
+    rejects = str(write_frame(tf.rejects_frame(bad), folder / f"{name}.rejects.parquet")) if bad else None
+    if bad:
+        log.warning("export %s %s: %d pieces of %s are not documents (rejects, with the offset or line)", collection,
+                    name, len(bad), path.name)
+    if crc is not None and crc["ok"] is False:
+        log.error("export %s: the archive's CRC-64 of %s does not match its documents", collection, crc["namespace"])
+    result = {**chunk, "path": str(out), "documents": progress.done + len(bad), "batches": batches,
+              "mode": "incremental" if since else "full", "since": since.isoformat() if since else None,
+              "file_rejects": rejects, "archive_crc": crc}
+    return result
+
+
+class _Raw:
+    """A raw document as a cursor hands it out (``.raw``)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes):
+        self.raw = raw
+
+
 def combine(chunks: list[dict]) -> dict:
     """One collection's export as the later tasks see it: its chunk files in key order, the
     key-only pass (incremental), and the totals."""
@@ -244,4 +306,6 @@ def combine(chunks: list[dict]) -> dict:
             "batches": sum(c["batches"] for c in data), "unmapped_fields": unmapped,
             "mode": "incremental" if any(c["mode"] == "incremental" for c in data) else "full",
             "since": next((c["since"] for c in data if c["since"]), None),
-            "keys": {"path": keys["path"], "documents": keys["documents"]} if keys else None}
+            "keys": {"path": keys["path"], "documents": keys["documents"]} if keys else None,
+            "file_rejects": [c["file_rejects"] for c in data if c.get("file_rejects")],
+            "archive_crc": next((c["archive_crc"] for c in data if c.get("archive_crc")), None)}

@@ -278,6 +278,7 @@ def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstre
     spec = COLLECTIONS[collection]
     census = FieldCensus()
     frame, undecodable = read_documents_frame(exported["paths"], collection, census=census)
+    undecodable += file_rejects(exported)
     out = collection_dir(cfg, collection, "transform")
     incremental = exported.get("mode") == "incremental"
     existing = None
@@ -302,6 +303,11 @@ def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstre
                     incremental, source_keys_path, batch_keys_path, collection_census(census, collection))
 
 
+def file_rejects(exported: dict) -> list[dict]:
+    """The pieces of a dump file that were not documents (source=files), as rejects."""
+    return [r for path in exported.get("file_rejects") or () for r in read_frame(path).to_dict("records")]
+
+
 def _absent(cfg: RunConfig, collection: str, exported: dict) -> dict:
     """An optional collection the source does not have: nothing to transform; the load leaves its
     tables as they are and the report says so."""
@@ -319,6 +325,7 @@ def _transform_users_file(cfg: RunConfig, exported: dict) -> dict:
     out = collection_dir(cfg, "users", "transform")
     census = FieldCensus()
     result, files, newest, undecodable = transform_users_batched(exported["paths"], out, cfg.batch_size, census)
+    undecodable += file_rejects(exported)
     return _outputs("users", out, result, files, undecodable, newest, False, None, None,
                     collection_census(census, "users"))
 

@@ -1,0 +1,121 @@
+"""source=files: the same source migrated from nx-27017 and from dump files gives the same
+target and the same rejects; a dump cut in the middle of a document gives exactly one more
+reject, naming the offset; every file format exports the same documents; a source_path outside
+the allowed roots is refused before a byte is read."""
+from __future__ import annotations
+
+
+import bson
+import pytest
+
+from tests.data import EXPECTED_REJECTS, EXPECTED_ROWS, documents
+from tools.write_dump import write
+
+pytestmark = pytest.mark.integration
+
+
+def reject_counts(migration, run_id):
+    from collections import Counter
+
+    return dict(Counter((r[0], r[1], r[2]) for r in migration.rejects(run_id)))
+
+
+def test_a_bson_dump_migrates_like_the_live_source_and_a_cut_document_is_one_more_reject(
+        migration, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTHMIGRATE_SOURCE_ROOTS", str(tmp_path))
+    migration.seed(documents())
+    migration.run()
+    live = migration.snapshot(with_synced_at=False)
+
+    dump = tmp_path / "dump"
+    write(documents(), dump, "bson")
+    whole = (dump / "users.bson").stat().st_size
+    with open(dump / "users.bson", "ab") as fh:  # the dump was cut short inside an 11th user
+        fh.write(bson.encode({"_id": bson.ObjectId(), "userId": "000000000099", "username": "cut"})[:20])
+    migration.schema = f"{migration.schema}_f"
+    dr = migration.run(target_schema=migration.schema, source="files", source_path=str(dump))
+    assert migration.snapshot(with_synced_at=False) == live
+    assert migration.counts() == EXPECTED_ROWS
+    extra = {("users", "document", "truncated_document"): 1}
+    assert reject_counts(migration, dr.run_id) == {**EXPECTED_REJECTS, **extra}
+    (reason,) = [r[5] for r in migration.rejects(dr.run_id) if r[2] == "truncated_document"]
+    assert reason.startswith(f"users.bson: byte offset {whole}: ") and "cut short" in reason
+    report = migration.sql("SELECT report FROM authmigrate.runs WHERE run_id = %s", (dr.run_id,))[0][0]
+    assert "[ok] reconcile users documents: exported 11 = transformed 11 = loaded 6 + rejected 5" in report
+
+
+@pytest.mark.parametrize("fmt", ["bson.gz", "archive", "jsonl", "jsonarray"])
+def test_every_file_format_exports_the_documents_the_bson_file_does(migration, tmp_path, monkeypatch, fmt):
+    from authmigrate.config import RunConfig
+    from authmigrate.export import combine, export_chunk, plan_chunks
+    from authmigrate.transform_task import raw_batches
+
+    monkeypatch.setenv("AUTHMIGRATE_SOURCE_ROOTS", str(tmp_path))
+    monkeypatch.setenv("AUTHMIGRATE_STAGING_DIR", str(tmp_path / "staging"))
+    data = documents()
+
+    def exported(folder, path, run):
+        cfg = RunConfig.from_params({"source": "files", "source_path": str(path), "target_schema": migration.schema},
+                                    run)
+        out = {}
+        for name in data:
+            got = combine([export_chunk(cfg, c) for c in plan_chunks(cfg, name)])
+            out[name] = [bson.decode(r) for b in raw_batches(got["paths"], 100) for r in b.column(0).to_pylist()]
+        return out
+
+    write(data, tmp_path / "bson", "bson")
+    reference = exported(tmp_path / "bson", tmp_path / "bson", "ref")
+    assert {k: len(v) for k, v in reference.items()} == {k: len(v) for k, v in data.items()}
+    folder = tmp_path / fmt
+    (path,) = [p for p in write(data, folder, fmt) if fmt == "archive"] or [folder]
+    assert exported(folder, path, fmt) == reference
+
+
+def test_a_source_path_outside_the_allowed_roots_is_refused(tmp_path, monkeypatch):
+    from authmigrate.config import ConfigError, RunConfig
+
+    allowed = tmp_path / "dumps"
+    allowed.mkdir()
+    (allowed / "escape").symlink_to("/etc")
+    monkeypatch.setenv("AUTHMIGRATE_SOURCE_ROOTS", f"{allowed},memory://dumps")
+    for path in ("/etc", "file:///etc", f"{allowed}/../../etc", f"{allowed}/escape", "memory://other/x",
+                 "s3://another-bucket/dump", "memory://dumps/../x"):
+        with pytest.raises(ConfigError, match="allowed source roots|'..' segment"):
+            RunConfig.from_params({"source": "files", "source_path": path}, "r")
+    for path in (str(allowed), f"file://{allowed}/idp", "memory://dumps/idp"):
+        assert RunConfig.from_params({"source": "files", "source_path": path}, "r").source_path == path
+    with pytest.raises(ConfigError, match="needs source_path"):
+        RunConfig.from_params({"source": "files"}, "r")
+
+
+def test_a_csv_or_a_missing_file_fails_naming_what_was_expected(migration, tmp_path, monkeypatch):
+    from authmigrate.config import ConfigError, RunConfig
+    from authmigrate.export import plan_chunks
+
+    monkeypatch.setenv("AUTHMIGRATE_SOURCE_ROOTS", str(tmp_path))
+    (tmp_path / "users.csv").write_text("userId,username\n1,alice\n")
+    cfg = RunConfig.from_params({"source": "files", "source_path": str(tmp_path)}, "r")
+    with pytest.raises(ConfigError, match="CSV loses types"):
+        plan_chunks(cfg, "users")
+    with pytest.raises(ConfigError, match=r"no file for collection 'oauthClientApps' .* it has: \['users.csv'\]"):
+        plan_chunks(cfg, "oauthClientApps")
+    assert plan_chunks(cfg, "invitations") == [{"collection": "invitations", "kind": "absent", "index": 0}]
+
+
+def test_a_chunked_bson_file_exports_the_same_documents_in_document_aligned_ranges(migration, tmp_path, monkeypatch):
+    from authmigrate.config import RunConfig
+    from authmigrate.export import export_chunk, plan_chunks
+    from authmigrate.transform_task import raw_batches
+
+    monkeypatch.setenv("AUTHMIGRATE_SOURCE_ROOTS", str(tmp_path))
+    monkeypatch.setenv("AUTHMIGRATE_STAGING_DIR", str(tmp_path / "staging"))
+    write(documents(), tmp_path / "dump", "bson")
+    got = {}
+    for chunk_size in (0, 3):
+        cfg = RunConfig.from_params({"source": "files", "source_path": str(tmp_path / "dump"),
+                                     "chunk_size": chunk_size, "target_schema": migration.schema}, f"c{chunk_size}")
+        chunks = plan_chunks(cfg, "users")
+        got[chunk_size] = (len(chunks), [r for c in chunks for b in raw_batches([export_chunk(cfg, c)["path"]], 100)
+                                         for r in b.column(0).to_pylist()])
+    assert got[0][0] == 1 and got[3][0] == 4  # 10 users: ranges of 3, 3, 3 and 1
+    assert got[3][1] == got[0][1] == [bson.encode(d) for d in documents()["users"]]
