@@ -86,13 +86,13 @@ with DAG(
             description="mongodb: read the live server (the Mongo connection). files: read a mongodump folder "
                         "(.bson, .bson.gz), a mongodump --archive file, or mongoexport JSON files from source_path.",
         ),
-        "source_path": param(
-            "", type="string", maxLength=1000, title="Dump location (source=files)", section=WHAT,
+        "source_path": param(  # null when empty: the trigger form sends an empty field as null
+            None, type=["null", "string"], maxLength=1000, title="Dump location (source=files)", section=WHAT,
             description="A folder or file, local or an object-storage URL (s3://, gs://, ... where the provider is "
                         "installed). Only paths under AUTHMIGRATE_SOURCE_ROOTS are read.",
         ),
         "source_database": param(
-            "", type="string", maxLength=64, title="Database in the dump (source=files)", section=WHAT,
+            None, type=["null", "string"], maxLength=64, title="Database in the dump (source=files)", section=WHAT,
             description="The database subfolder of a mongodump folder, or the database of an archive that holds "
                         "several. Empty: source_path is the collections' folder, or the archive's only database.",
         ),

@@ -112,9 +112,9 @@ def iter_bson(fh: BinaryIO, start: int = 0, end: int | None = None) -> Iterator[
             return
         if body[-1:] != b"\x00":
             yield ("bad", offset, "invalid_length", f"byte offset {offset}: the {length}-byte document does not end "
-                                                       "with a NUL byte; the rest of the file cannot be read")
-            return
-        yield ("doc", offset, head + body)
+                                                       "with a NUL byte")
+        else:
+            yield ("doc", offset, head + body)
         offset += length
 
 
@@ -152,51 +152,51 @@ def _encode(text: str, options) -> bytes:
 
     doc = json_util.loads(text, json_options=options)
     if not isinstance(doc, dict):
-        raise ValueError(f"a {type(doc).__name__}, not a document")
+        raise NotADocument(f"a JSON {type(doc).__name__}, not a document")
     return bson.encode(doc)
 
 
+class NotADocument(ValueError):
+    pass
+
+
 def _json_reason(exc: Exception) -> str:
-    # json's messages say where (line/column) but never echo the text
-    return f"not valid Extended JSON ({type(exc).__name__}: {str(exc)[:120]})"
+    """Where and what kind, never a value: json_util's messages can repeat one (a secret too)."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON ({exc.msg} at column {exc.colno})"
+    if isinstance(exc, NotADocument):
+        return str(exc)
+    return f"not valid Extended JSON ({type(exc).__name__})"
 
 
 def iter_json(fh: BinaryIO) -> Iterator[tuple]:
     """mongoexport output: JSON lines (the default) or one ``--jsonArray`` array, told apart by
     content: the first non-blank character."""
-    text = io.TextIOWrapper(fh, encoding="utf-8", errors="strict", newline="")
-    first = ""
-    while True:
-        ch = text.read(1)
-        if not ch or not ch.isspace() and ch != "\ufeff":
-            first = ch
-            break
-    if not first:
+    buffered = fh if hasattr(fh, "peek") else io.BufferedReader(fh)
+    head = buffered.peek(1 << 16)
+    first = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if first == b"[":
+        text = io.TextIOWrapper(buffered, encoding="utf-8-sig", errors="strict", newline="")
+        try:
+            while text.read(1) != "[":
+                pass
+            yield from _json_array(text)
+        except UnicodeDecodeError:
+            yield ("bad", None, "invalid_json", "the array is not valid UTF-8; the rest of it cannot be read")
         return
-    if first == "[":
-        yield from _json_array(text)
-    else:
-        yield from _json_lines(first, text)
-
-
-def _json_lines(first: str, text) -> Iterator[tuple]:
     options = _options()
-    for number, line in enumerate(_lines(first, text), start=1):
+    for number, raw in enumerate(buffered, start=1):
+        try:
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError:
+            yield ("bad", number, "invalid_json", f"line {number}: not valid UTF-8")
+            continue
         if not line.strip():
             continue
         try:
             yield ("doc", number, _encode(line, options))
-        except UnicodeDecodeError:
-            raise
         except Exception as exc:  # noqa: BLE001 - one bad line is one reject
             yield ("bad", number, "invalid_json", f"line {number}: {_json_reason(exc)}")
-
-
-def _lines(first: str, text) -> Iterator[str]:
-    line = first + text.readline()
-    while line:
-        yield line
-        line = text.readline()
 
 
 def _json_array(text, chunk: int = 1 << 16) -> Iterator[tuple]:
@@ -298,6 +298,8 @@ def iter_archive(fh: BinaryIO, archive: Archive | None = None) -> Iterator[tuple
         key = (meta.get("db", ""), meta.get("collection", ""))
         archive.namespaces[key] = Namespace(*key, metadata=meta.get("metadata", ""))
     while True:
+        if fh.peek_eof():  # the file ends at a block boundary: a namespace without EOF header keeps crc_ok None
+            return
         raw = _read_document(fh, "namespace header")
         if raw is None:
             raise DumpFormatError("the archive has a terminator where a namespace header belongs")
@@ -309,8 +311,6 @@ def iter_archive(fh: BinaryIO, archive: Archive | None = None) -> Iterator[tuple
             ns.crc_ok = (int(header.get("CRC", 0)) & 0xFFFFFFFFFFFFFFFF) == ns.crc
             if fh.read(4) != TERMINATOR:
                 raise DumpFormatError(f"the archive's EOF header of {key[0]}.{key[1]} is not terminated")
-            if all(n.eof for n in archive.namespaces.values()):
-                return
             continue
         while True:
             start = fh.tell()
@@ -336,18 +336,28 @@ class Counting(io.RawIOBase):
     network stream that cannot seek)."""
 
     def __init__(self, inner: BinaryIO):
-        self.inner, self.position = inner, 0
+        self.inner, self.position, self._ahead = inner, 0, None
 
     def readable(self) -> bool:
         return True
 
     def read(self, n: int = -1) -> bytes:
-        data = self.inner.read(n)
+        ahead, self._ahead = self._ahead or b"", None
+        if n is not None and n >= 0:
+            data = ahead + (self.inner.read(n - len(ahead)) if n > len(ahead) else b"")
+        else:
+            data = ahead + self.inner.read()
         self.position += len(data)
         return data
 
     def tell(self) -> int:
         return self.position
+
+    def peek_eof(self) -> bool:
+        """True at the end of the stream (one byte read ahead and kept)."""
+        if self._ahead is None:
+            self._ahead = self.inner.read(1)
+        return self._ahead == b""
 
 
 class _Prefixed(io.RawIOBase):

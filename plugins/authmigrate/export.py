@@ -253,14 +253,18 @@ def _export_file_chunk(cfg: RunConfig, chunk: dict) -> dict:
 
     def raws():
         nonlocal crc
-        for item in filesource.items(cfg, collection, path, chunk["format"], chunk.get("start", 0), chunk.get("end")):
+        for item in filesource.items(cfg, collection, path, chunk["format"], chunk.get("start", 0), chunk.get("end"),
+                                     chunk.get("name")):
             if item[0] == "crc":
                 crc = {"namespace": item[1], "ok": item[2]}
             elif item[0] == "bad":
                 bad.append(filesource.reject(chunk["file"], item[2], item[3]))
             elif chunk["kind"] == "keys":
-                doc = bson.decode(item[2])
-                yield _Raw(bson.encode({"_id": doc.get("_id"), spec.key_field: doc.get(spec.key_field)}))
+                try:
+                    doc = bson.decode(item[2], codec_options=tf.CODEC)
+                    yield _Raw(bson.encode({"_id": doc.get("_id"), spec.key_field: doc.get(spec.key_field)}))
+                except Exception:  # noqa: BLE001 - not decodable: no key (the data pass rejects the document)
+                    pass
             elif since is None or filesource.changed(item[2], since):
                 yield _Raw(item[2])
 

@@ -92,8 +92,10 @@ def locate(cfg: RunConfig, collection: str):
             raise ConfigError(f"the archive holds several databases {databases}: set source_database")
         spec, name = COLLECTIONS[collection], cfg.source_collections[collection]
         held = {c for db, c in spaces if not cfg.source_database or db == cfg.source_database}
-        if name in held or (spec.optional and name == spec.name and spec.mongoose_name in held):
-            return archive, "archive"
+        if name in held:
+            return archive, "archive", name
+        if spec.optional and name == spec.name and spec.mongoose_name in held:
+            return archive, "archive", spec.mongoose_name
         if spec.optional and name == spec.name:
             return None
         raise ConfigError(f"the archive has no collection {name!r} (it has: {sorted(held)}); set source_{collection}")
@@ -109,7 +111,9 @@ def locate(cfg: RunConfig, collection: str):
     for candidate in names:
         for suffix in SUFFIXES:
             if candidate + suffix in present:
-                return folder / (candidate + suffix), "bson" if suffix.startswith(".bson") else "json"
+                found = folder / (candidate + suffix)
+                check_allowed(str(found))  # a symlinked folder or file must not lead out of the roots
+                return found, "bson" if suffix.startswith(".bson") else "json", candidate
     if any(p.startswith(name + ".csv") for p in present):
         raise ConfigError(f"{name}.csv: CSV loses types and arrays; export the collection with mongoexport --type=json "
                           f"(or dump it with mongodump)")
@@ -152,31 +156,38 @@ def dump_collections(cfg: RunConfig) -> dict[str, int]:
     return out
 
 
-def items(cfg: RunConfig, collection: str, path, kind: str, start: int = 0, end: int | None = None):
-    """The collection's documents and bad pieces, as the readers give them; from an archive, last,
-    ``("crc", namespace, ok)``: whether its EOF header's CRC-64-ECMA matched the documents."""
+def items(cfg: RunConfig, collection: str, path, kind: str, start: int = 0, end: int | None = None,
+          name: str | None = None):
+    """The collection's documents and bad pieces, as the readers give them; from an archive (its
+    namespace ``name``), last, ``("crc", namespace, ok)``: whether its EOF header's CRC-64-ECMA
+    matched the documents (None: the archive never closed it)."""
     from authmigrate.dumpfiles import Archive, iter_archive, iter_bson, iter_json, open_maybe_gzip
+
+    import gzip
+    import zlib
 
     fh = path.open("rb")
     try:
         if kind == "archive":
             meta = Archive()
-            names = {cfg.source_collections[collection]}
-            spec = COLLECTIONS[collection]
-            if spec.optional and spec.mongoose_name:
-                names.add(spec.mongoose_name)
             for (db, coll), item in iter_archive(open_maybe_gzip(fh), meta):
-                if coll in names and (not cfg.source_database or db == cfg.source_database):
+                ours = coll == name and (not cfg.source_database or db == cfg.source_database)
+                if ours:
                     yield item
-            for (db, coll), ns in meta.namespaces.items():
-                if coll in names and (not cfg.source_database or db == cfg.source_database):
-                    yield ("crc", f"{db}.{coll}", ns.crc_ok)
+                elif item[0] == "bad":  # the archive stops there: ours may lose documents after it
+                    yield ("bad", item[1], item[2], f"in {db}.{coll}, {item[3]}; documents of {name} after it are "
+                                                    "not in the archive")
+            ns = meta.namespaces.get((cfg.source_database or next(iter({d for d, _ in meta.namespaces}), ""), name))
+            yield ("crc", f"{ns.db}.{ns.collection}" if ns else name, ns.crc_ok if ns else None)
         elif kind == "bson":
             if start:
                 fh.seek(start)
             yield from iter_bson(open_maybe_gzip(fh) if not start else fh, start, end)
         else:
             yield from iter_json(open_maybe_gzip(fh))
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        yield ("bad", None, "truncated_file", f"the compressed file ends early or is damaged ({type(exc).__name__}); "
+                                              "documents after that point cannot be read: take a new dump")
     finally:
         fh.close()
 
@@ -192,10 +203,12 @@ def plan(cfg: RunConfig, collection: str, incremental_keys: bool) -> list[dict]:
         log.warning("export %s: the dump has no file for it; it is optional: nothing is migrated and its tables "
                     "are left as they are", collection)
         return [{"collection": collection, "kind": "absent", "index": 0}]
-    path, kind = found
-    jobs = [{"collection": collection, "kind": "keys", "index": 0, "file": str(path), "format": kind}] \
+    path, kind, name = found
+    jobs = [{"collection": collection, "kind": "keys", "index": 0, "file": str(path), "format": kind, "name": name}] \
         if incremental_keys else []
-    if kind == "bson" and cfg.chunk_size and not path.name.endswith(".gz"):
+    with path.open("rb") as fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"  # by content, as the reader decides: not by the name
+    if kind == "bson" and cfg.chunk_size and not gzipped:
         with path.open("rb") as fh:
             bounds = bson_boundaries(fh, cfg.chunk_size)
         edges = [0, *bounds, None]
@@ -203,12 +216,12 @@ def plan(cfg: RunConfig, collection: str, incremental_keys: bool) -> list[dict]:
             if hi is not None and lo == hi:
                 continue
             jobs.append({"collection": collection, "kind": "file", "index": len(jobs), "file": str(path),
-                         "format": kind, "start": lo, "end": hi})
+                         "format": kind, "name": name, "start": lo, "end": hi})
         log.info("export %s: %s in %d byte ranges of %d documents", collection, path.name, len(edges) - 1,
                  cfg.chunk_size)
         return jobs
     return jobs + [{"collection": collection, "kind": "file", "index": len(jobs), "file": str(path), "format": kind,
-                    "start": 0, "end": None}]
+                    "name": name, "start": 0, "end": None}]
 
 
 def changed(raw: bytes, since: dt.datetime) -> bool:
@@ -217,7 +230,10 @@ def changed(raw: bytes, since: dt.datetime) -> bool:
 
     from authmigrate.transform import CODEC
 
-    value = bson.decode(raw, codec_options=CODEC).get("updatedAt")
+    try:
+        value = bson.decode(raw, codec_options=CODEC).get("updatedAt")
+    except Exception:  # noqa: BLE001 - not decodable: the transform rejects it, with its reason
+        return True
     return not isinstance(value, dt.datetime) or value > since
 
 

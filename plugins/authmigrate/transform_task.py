@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections import Counter
 from typing import Any
 
 import pandas as pd
@@ -340,7 +341,9 @@ def _outputs(collection: str, out, result: tf.Result, files: dict[str, str], und
         result.counts["source_documents"] += len(undecodable)
         result.counts["rejected_documents"] += len(undecodable)
         by = result.counts["rejects_by_reason"]
-        by["undecodable_document"] = by.get("undecodable_document", 0) + len(undecodable)
+        for code, n in Counter(r["reason_code"] for r in undecodable).items():
+            by[code] = by.get(code, 0) + n
+        result.counts["rejects_by_reason"] = dict(sorted(by.items()))
     tables = {name: str(write_frame(df, out / f"{name}.parquet")) for name, df in result.tables.items()}
     tables = {t.name: files.get(t.name) or tables[t.name] for t in COLLECTIONS[collection].tables}
     extras = {name: str(write_frame(df, out / f"{name}.parquet")) for name, df in result.extras.items()}

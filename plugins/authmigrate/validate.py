@@ -145,10 +145,11 @@ def reconcile(results: dict[str, dict], counts: dict[str, int], rejects: list[tu
         what = "changed documents" if incremental else "documents"
         crc = r["export"].get("archive_crc")
         if crc is not None:
-            checks.append(Check(f"archive CRC {collection}", crc["ok"] is not False,
+            checks.append(Check(f"archive CRC {collection}", crc["ok"] is True,
                                 f"the CRC-64-ECMA of {crc['namespace']} in the archive's EOF header "
                                 + ("matches its documents" if crc["ok"] else "does NOT match its documents: the "
-                                   "archive is damaged, take a new dump" if crc["ok"] is False else "is missing")))
+                                   "archive is damaged, take a new dump" if crc["ok"] is False else "is missing: the archive ends "
+                                   "before this collection is complete, take a new dump")))
         checks.append(Check(
             f"reconcile {collection} {what}", exported == t["source_documents"] == loaded + doc_rejects,
             f"exported {exported} = transformed {t['source_documents']} = loaded {loaded} + rejected {doc_rejects}",

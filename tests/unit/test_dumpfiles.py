@@ -164,7 +164,7 @@ def test_json_lines_with_a_bad_line_give_a_reject_naming_the_line_and_never_its_
     data = f"{RELAXED}\n\n{{\"userId\": \"secret-ish\", oops}}\n{CANONICAL}\n".encode()
     items = list(iter_json(io.BytesIO(data)))
     assert [i[0] for i in items] == ["doc", "bad", "doc"]
-    assert items[1][1:3] == (3, "invalid_json") and items[1][3].startswith("line 3: not valid Extended JSON")
+    assert items[1][1:3] == (3, "invalid_json") and items[1][3].startswith("line 3: not valid JSON")
     assert "secret-ish" not in items[1][3]
 
 
@@ -186,3 +186,18 @@ def test_uuid_binary_round_trips():
     line = '{"u": {"$binary": {"base64": "EjRWeBI0VngSNFZ4EjRWeA==", "subType": "04"}}}'
     (doc,) = docs(iter_json(io.BytesIO(line.encode())))
     assert doc["u"] == Binary(value.bytes, 4)
+
+
+def test_a_document_without_its_closing_nul_is_one_reject_and_the_next_document_is_read():
+    one, two = bson.encode({"a": 1}), bson.encode({"b": 2})
+    broken = one[:-1] + b"\x01"
+    items = list(iter_bson(io.BytesIO(broken + two)))
+    assert items[0][:3] == ("bad", 0, "invalid_length") and docs(items[1:]) == [{"b": 2}]
+
+
+def test_a_reason_never_repeats_a_value_and_bad_utf8_is_a_reject():
+    data = b'{"password": {"$oid": "hunter2"}}\n{"u": "\xff\xfe"}\n{"a": 1}\n'
+    items = list(iter_json(io.BytesIO(data)))
+    assert [i[:3] for i in items[:2]] == [("bad", 1, "invalid_json"), ("bad", 2, "invalid_json")]
+    assert "hunter2" not in items[0][3] and items[1][3] == "line 2: not valid UTF-8"
+    assert docs(items[2:]) == [{"a": 1}]
