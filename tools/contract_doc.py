@@ -74,7 +74,7 @@ def render() -> str:
             source = f"`{f.source}`" if f.source else "—"
             coercion = _coercion(f, spec) if f.source else "derived by a hook"
             lines.append(f"| {source} | {_column(f, spec)} | {coercion} |")
-        lines.append(f"| `_id` | `mongo_id` (unique) | ObjectId hex |")
+        lines.append("| `_id` | `mongo_id` (unique) | ObjectId hex |")
         passes = [f"`{spec.key.source}`: the newest `updatedAt` wins (`duplicate_key`)"]
         passes += [f"({', '.join(u.columns)}): the earliest `createdAt` wins (`{u.code}`)" for u in spec.unique]
         lines += ["", "Uniqueness, in this order: " + "; ".join(passes) + "."]

@@ -107,8 +107,9 @@ class JoinArray:
     dangling_what: str = "row"  # how a dangling element's reject names what is missing ("user")
 
 
-#: The named hooks a declaration may list: special semantics that live in the collection's own
-#: module (see transform.py), each documented in docs/data-contract.md.
+#: The named hooks a declaration may list: special semantics, each documented in
+#: docs/data-contract.md. A frame hook (transform.FRAME_HOOKS) is applied by the declared
+#: transform; the others live in the collection's own module (``module``).
 HOOKS = {
     "roles_from_user_roles": "the roles table holds one row per distinct providerRoles element",
     "legacy_owner_claims": "the legacy oauthClientAppIds arrays are kept as ownership claims for the apps",
@@ -133,6 +134,7 @@ class Collection:
     ignored: tuple[str, ...] = ("__v",)  # source fields deliberately not migrated (the census marks them)
     optional: bool = False  # absent from the source (under its default name): reported, not a failure
     mongoose_name: str | None = None  # the lower-cased plural name a Mongoose app stores it under
+    module: str | None = None  # its own logic, if any: authmigrate.collections.<module> (its hooks live there)
     description: str = ""
 
     def __post_init__(self):
@@ -259,6 +261,7 @@ USERS = Collection(
     hooks=("roles_from_user_roles", "legacy_owner_claims"),
     change_fields=("id", "username", "email"),
     cleanup=("delete_unused_roles",),
+    module="users",
     description="the app's accounts",
 )
 
@@ -283,6 +286,7 @@ OAUTH_CLIENT_APPS = Collection(
     references=(Reference("owner_user_id", "users", "null", "dangling_owner", "owner"),),
     hooks=("legacy_owner_backfill",),
     change_fields=("id", "client_id"),
+    module="oauth_client_apps",
     mongoose_name="oauthclientapps",
     description="registered OAuth/OIDC client applications",
 )

@@ -612,112 +612,6 @@ def rules_of(spec: Collection) -> dict[str, tuple[str, Callable]]:
 
 RULES = {name: rules_of(spec) for name, spec in COLLECTIONS.items()}
 USER_RULES, APP_RULES, ROLE_RULES = RULES["users"], RULES["oauthClientApps"], RULES["oauthRoles"]
-USERS = COLLECTIONS["users"]
-USER_CLASHES = USERS.clash_rules  # incremental runs: target rows that stay win these
-USER_DUPLICATES = USERS.duplicate_passes  # (subset, order, ascending, code, what, casefold), in order
-USER_KEY_COLUMNS = list(dict.fromkeys(["id", *(c for u in USERS.unique for c in u.columns), "created_at", "updated_at"]))
-
-
-def users_accept(docs: pd.DataFrame, existing: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[dict]]:
-    """The per-document part of the users rules: coercion, and (incremental runs) collisions with
-    target rows that stay. Any batch of documents can be accepted on its own."""
-    frame, rejects = _coerce(docs, USER_RULES)
-    for subset, code, what, fold in USER_CLASHES:
-        frame, dropped = _drop_clashes(frame, docs, existing, subset, code, what, fold)
-        rejects += dropped
-    return frame, rejects
-
-
-def users_explode(frame: pd.DataFrame, docs: pd.DataFrame) -> tuple[pd.DataFrame, list[dict], dict, pd.DataFrame]:
-    """Accepted users → user_roles rows, element rejects, element counts and legacy app claims;
-    every row and reject keeps the ``_row`` of its document, so a later step can drop the
-    documents that lose a uniqueness contest."""
-    user_roles, rejects, counts = _explode(frame, docs, "_roles", "id", "role_id", _role_name)
-    legacy = [
-        (app, user, row)
-        for user, apps, row in zip(frame["id"], frame["_legacy_apps"], frame["_row"])
-        for app in {a for a in map(_legacy_app_id, apps) if a is not None}
-    ]
-    legacy = pd.DataFrame(legacy, columns=["app_id", "user_id", "_row"]).astype(
-        {"app_id": "string", "user_id": "string", "_row": "int64"})
-    return user_roles.rename(columns={"id": "user_id"}), rejects, counts, legacy
-
-
-def users_result(users: pd.DataFrame, user_roles: pd.DataFrame, legacy: pd.DataFrame, docs: pd.DataFrame,
-                 rejects: list[dict], el_counts: dict) -> Result:
-    """The surviving users' row sets in their final order, with roles derived from user_roles."""
-    user_roles = user_roles.sort_values(["user_id", "role_id"], kind="stable")
-    tables = {
-        "users": _typed(users.sort_values("id", kind="stable"), "users"),
-        "roles": roles_table(set(user_roles["role_id"])),
-        "user_roles": _typed(user_roles, "user_roles"),
-    }
-    counts = {k: v for k, v in el_counts.items() if not k.startswith("_")}
-    return _finish(docs, rejects, tables, {"arrays": {"user_roles": counts}}, legacy_owners_extra(legacy))
-
-
-def roles_table(role_ids) -> pd.DataFrame:
-    """The roles row set: one row per distinct provider role, named after itself."""
-    roles = sorted(role_ids)
-    return _typed(pd.DataFrame({"id": roles, "name": roles}), "roles")
-
-
-def legacy_owners_extra(legacy: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The distinct (app, user) ownership claims of the surviving users, sorted."""
-    pairs = legacy[["app_id", "user_id"]].drop_duplicates().sort_values(["app_id", "user_id"])
-    return {"legacy_owners": pairs.reset_index(drop=True).astype("string")}
-
-
-def transform_users(docs: pd.DataFrame, existing: pd.DataFrame | None = None) -> Result:
-    """users → users, roles (distinct providerRoles), user_roles; plus the legacy
-    app ownership claims (``extras['legacy_owners']``) used to back-fill app owners.
-    ``existing``: target rows outside this batch (incremental runs); they win collisions.
-    The same steps as the batched file transform (transform_task), on one frame."""
-    frame, rejects = users_accept(docs, existing)
-    losers = duplicate_plan(frame[[*USER_KEY_COLUMNS, "mongo_id", "_row"]], USER_DUPLICATES)
-    rejects += [_reject_row(docs["_doc"].iat[row], "document", None, code, reason) for row, code, reason in losers]
-    frame = frame[~frame["_row"].isin({row for row, _, _ in losers})]
-    user_roles, el_rejects, el_counts, legacy = users_explode(frame, docs)
-    return users_result(frame, user_roles, legacy, docs, rejects + el_rejects, el_counts)
-
-
-def transform_apps(docs: pd.DataFrame, known_users: Container[str], legacy_owners: pd.DataFrame,
-                   existing: pd.DataFrame | None = None) -> Result:
-    """oauthClientApps → oauth_client_apps. A missing owner is back-filled from the user whose
-    legacy ``oauthClientAppIds`` lists the app; an owner that cannot be resolved becomes NULL
-    with a field-level reject explaining why (the app itself is kept)."""
-    frame, rejects = _coerce(docs, APP_RULES)
-    known_users = known_among(known_users, chain(frame["owner_user_id"], legacy_owners["user_id"]))
-    frame, rejects = _unique(COLLECTIONS["oauthClientApps"], frame, docs, existing, rejects)
-    claims = legacy_owners.groupby("app_id")["user_id"].agg(lambda s: sorted(set(s))).to_dict() \
-        if len(legacy_owners) else {}
-    owners, backfilled = [], 0
-    sources = docs["_doc"]
-    for app, owner, row in zip(frame["id"], frame["owner_user_id"], frame["_row"]):
-        doc = sources.iat[row]
-        if owner is not None:
-            if owner not in known_users:
-                rejects.append(_reject_row(doc, "field", owner, "dangling_owner",
-                                           f"owner {owner} does not exist (or was rejected); owner set to NULL"))
-                owner = None
-        else:
-            claimants = [u for u in claims.get(app, []) if u in known_users]
-            if len(claimants) == 1:
-                owner = claimants[0]
-                backfilled += 1
-            elif claimants:
-                rejects.append(_reject_row(doc, "field", ",".join(claimants), "ambiguous_owner",
-                                           f"{len(claimants)} users list this app in oauthClientAppIds; owner left NULL"))
-            else:
-                rejects.append(_reject_row(doc, "field", None, "missing_owner",
-                                           "no owner and no user lists this app in oauthClientAppIds; owner left NULL"))
-        owners.append(owner)
-    frame["owner_user_id"] = pd.Series(owners, index=frame.index, dtype=object)
-    frame = frame.sort_values("id", kind="stable")
-    tables = {"oauth_client_apps": _typed(frame, "oauth_client_apps")}
-    return _finish(docs, rejects, tables, {"owners_backfilled": backfilled})
-
-
 def transform_roles(docs: pd.DataFrame, known_users: Container[str], known_apps: Container[str],
                     existing: pd.DataFrame | None = None) -> Result:
     """oauthRoles → client_roles, client_role_users, by the declaration (hook
@@ -799,34 +693,43 @@ def transform_declared(spec: Collection, docs: pd.DataFrame, known: dict[str, Co
     return _finish(docs, rejects, tables, {"arrays": arrays} if arrays else {})
 
 
-def _own_users(docs, known, existing, extras) -> Result:
-    return transform_users(docs, existing)
+def own_module(collection: str):
+    """The module of a collection's own logic (``Collection.module``), or None."""
+    from importlib import import_module
 
-
-def _own_apps(docs, known, existing, extras) -> Result:
-    legacy = extras.get("legacy_owners")
-    if legacy is None:
-        legacy = pd.DataFrame({"app_id": pd.Series(dtype="string"), "user_id": pd.Series(dtype="string")})
-    return transform_apps(docs, known["users"], legacy, existing)
-
-
-#: Collections with logic of their own (their hooks); every other collection is transformed by
-#: its declaration alone (transform_declared).
-OWN_TRANSFORMS = {"users": _own_users, "oauthClientApps": _own_apps}
+    spec = COLLECTIONS[collection]
+    return import_module(f"authmigrate.collections.{spec.module}") if spec.module else None
 
 
 def transform(collection: str, docs: pd.DataFrame, known: dict[str, Container[str]] | None = None,
               existing: pd.DataFrame | None = None, extras: dict[str, pd.DataFrame] | None = None) -> Result:
     """The one transform signature: a collection's documents, the accepted keys of the
     collections it references, the target rows an incremental batch must not collide with, and
-    the upstream transforms' extras (the users' legacy ownership claims)."""
+    the upstream transforms' extras (the users' legacy ownership claims). A collection with
+    logic of its own has it in ``authmigrate.collections.<module>``, behind this signature;
+    every other one is transformed by its declaration alone."""
     spec = COLLECTIONS[collection]  # KeyError: never route a collection to another's rules
-    own = OWN_TRANSFORMS.get(collection)
-    if own is not None:
-        return own(docs, known or {}, existing, extras or {})
+    module = own_module(collection)
+    if module is not None:
+        return module.transform(docs, known or {}, existing, extras or {})
     return transform_declared(spec, docs, known or {}, existing)
 
 
+# the own logic of users and apps, as it was named here before it moved to its modules
+_MOVED = {"users": ("USERS", "USER_CLASHES", "USER_DUPLICATES", "USER_KEY_COLUMNS", "users_accept", "users_explode",
+                    "users_result", "roles_table", "legacy_owners_extra", "transform_users"),
+          "oauth_client_apps": ("transform_apps",)}
+
+
+def __getattr__(name: str):
+    from importlib import import_module
+
+    for module, names in _MOVED.items():
+        if name in names:
+            return getattr(import_module(f"authmigrate.collections.{module}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _unknown = {name: [h for h in spec.hooks if h not in FRAME_HOOKS] for name, spec in COLLECTIONS.items()
-            if name not in OWN_TRANSFORMS}
+            if not spec.module}
 assert not any(_unknown.values()), f"hooks that need a transform of their own: {_unknown}"
