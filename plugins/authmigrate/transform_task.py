@@ -296,7 +296,7 @@ def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstre
         log.info("transform %s: incremental batch of %d documents; %d keys in the source; %d target rows "
                  "checked for collisions", collection, len(frame), len(source_keys), len(existing))
     known = {dep: _keys(cfg, dep, upstream.get(dep)) for dep in spec.depends_on}
-    extras = {name: read_frame(path) for dep in upstream.values() if dep
+    extras = {name: read_frame(path) for dep in upstream.values() if dep and spec.module  # only own logic reads them
               for name, path in (dep.get("extras") or {}).items()}
     result = tf.transform(collection, frame, known, existing, extras)
     stamps = [t for t in frame.get("updatedAt", ()) if isinstance(t, dt.datetime)]
