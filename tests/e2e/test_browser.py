@@ -71,7 +71,7 @@ def _tooltip_state(page, cell, task: str) -> str:
         cell.scroll_into_view_if_needed()  # the grid may still be laying out its newest column
         cell.hover()
         try:
-            tip.last.wait_for(state="visible", timeout=5_000)
+            tip.last.wait_for(state="visible", timeout=15_000)
             break
         except Exception:  # noqa: BLE001 - tooltips open after a delay; hover again
             if attempt == 2:
@@ -92,6 +92,10 @@ def _widen_grid(page) -> None:
 def test_trigger_form_and_grid(e2e, browser):
     from playwright.sync_api import expect
 
+    # Playwright's `expect` waits 5 s by default, apart from the page's timeout: on a busy
+    # machine the UI's first render (translations, grid) has taken longer than that.
+    expect.set_options(timeout=60_000)
+
     e2e.unpause()  # the API test may not have run first
     params = e2e.dag_details()["params"]
     sections: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
@@ -104,7 +108,7 @@ def test_trigger_form_and_grid(e2e, browser):
     assert not missing_docs, f"params without a title or a description: {missing_docs}"
 
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(60_000)
     try:
         # --- log in (the UI redirects to the SimpleAuthManager login page)
         page.goto(f"{e2e.url}/dags/{DAG_ID}")
