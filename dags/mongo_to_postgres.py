@@ -35,7 +35,7 @@ from airflow.sdk import DAG, AssetAlias, Param, TaskGroup, task
 from authmigrate import tasks
 from authmigrate.config import (DAG_ID, DEFAULT_CONN_IDS, DEFAULT_SOURCE_COLLECTIONS, SCHEMA_PATTERN,
                                 default_cache_keys, export_parallelism, schedule, task_defaults)
-from authmigrate.registry import COLLECTIONS, SESSIONS, asset_alias
+from authmigrate.registry import COLLECTIONS, SESSIONS_SOURCE, asset_alias
 
 WHAT, HOW, SAFETY, CONNECTIONS = "What to migrate", "How", "Safety", "Connections"
 # Airflow resolves, and JSON-schema-checks, every param many times per task (serialising the task,
@@ -188,9 +188,10 @@ with DAG(
         sessions_export = step(task_id="export")(tasks.sessions_export)()
         sessions_transform = step(task_id="transform", trigger_rule="none_failed")(tasks.sessions_transform)()
         sessions_load = step(task_id="load", trigger_rule="none_failed",
-                             outlets=[AssetAlias(asset_alias(SESSIONS.name))])(tasks.sessions_load)()
+                             outlets=[AssetAlias(asset_alias(t.name)) for t in SESSIONS_SOURCE.tables]
+                             )(tasks.sessions_load)()
         sessions_export >> sessions_transform >> sessions_load
-    for name in ("users", "oauthClientApps"):
+    for name in SESSIONS_SOURCE.depends_on:
         groups[name][0] >> sessions_transform
         groups[name][1] >> sessions_load
     prepare >> sessions_export  # read Redis once the run holds the lock

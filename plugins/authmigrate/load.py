@@ -14,7 +14,7 @@ from psycopg import sql
 from authmigrate import sqlfiles
 from authmigrate.config import BOOKKEEPING_SCHEMA, DAG_ID, RunConfig, include_dir
 from authmigrate.db import connect, q, qualified, use_schema
-from authmigrate.registry import COLLECTIONS, TABLES, Table
+from authmigrate.registry import SOURCES, TABLES, Table
 from authmigrate.staging import read_frame
 
 log = logging.getLogger("authmigrate")
@@ -167,7 +167,7 @@ def _copy_rejects(conn, cfg: RunConfig, collection: str, path: Path) -> int:
 
 
 def load_collection(cfg: RunConfig, collection: str, transformed: dict, guard=None) -> dict:
-    spec = COLLECTIONS[collection]
+    spec = SOURCES[collection]
     return load_tables(cfg, collection, spec.tables, spec.cleanup, transformed, guard)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 #: field kind -> target column type (Table.columns). ``key``: an application id (numbers become
 #: zero-padded digits); ``int32``: an integer column of 32 bits; ``array``: becomes join rows.
 COLUMN_TYPES = {"key": "text", "text": "text", "int": "int", "int32": "int", "bool": "bool",
-                "timestamp": "timestamp"}
+                "timestamp": "timestamp", "inet": "inet"}
 KIND_DEFAULT = object()  # a field's default when none is declared: false for bool, NULL otherwise
 
 
@@ -107,6 +107,16 @@ class JoinArray:
     dangling_what: str = "row"  # how a dangling element's reject names what is missing ("user")
 
 
+@dataclass(frozen=True)
+class RedisHash:
+    """A Redis source's keys: ``<prefix>:<userId>:<session id>`` hashes of one ``kind``, of
+    which the export reads ``fields`` (HGETALL) and the remaining TTL (PTTL)."""
+
+    prefix: str
+    kind: str
+    fields: tuple[str, ...]
+
+
 #: The named hooks a declaration may list: special semantics, each documented in
 #: docs/data-contract.md. A frame hook (transform.FRAME_HOOKS) is applied by the declared
 #: transform; the others live in the collection's own module (``module``).
@@ -115,6 +125,8 @@ HOOKS = {
     "legacy_owner_claims": "the legacy oauthClientAppIds arrays are kept as ownership claims for the apps",
     "legacy_owner_backfill": "an app without owner takes the one user whose legacy oauthClientAppIds lists it",
     "grant_all_wildcard": 'a "*" member sets grants_all_users (kept alongside explicit members)',
+    "session_keys": "a session's id, user and kind come from its Redis key; the stored id hashes the "
+                    "session id (a bearer token), and expires_at is the read time plus the key's TTL",
 }
 
 
@@ -136,6 +148,8 @@ class Collection:
     mongoose_name: str | None = None  # the lower-cased plural name a Mongoose app stores it under
     module: str | None = None  # its own logic, if any: authmigrate.collections.<module> (its hooks live there)
     description: str = ""
+    store: str = "mongodb"  # mongodb (or its dump files) | redis (read from the live Redis: hashes)
+    redis_hashes: tuple[RedisHash, ...] = ()  # store redis: the keys it reads
 
     def __post_init__(self):
         columns = {f.column for f in self.all_fields}
@@ -149,6 +163,8 @@ class Collection:
                      if f.kind not in COLUMN_TYPES and f.kind != "array"]
         if self.key.column != "id":
             problems.append("the key's column must be 'id'")
+        if self.store not in ("mongodb", "redis") or (self.store == "redis") != bool(self.redis_hashes):
+            problems.append("store redis needs its redis_hashes (and only it has them)")
         if problems:
             raise ValueError(f"collection {self.name}: " + "; ".join(problems))
 
@@ -171,7 +187,7 @@ class Collection:
 
     @cached_property
     def main_table(self) -> Table:
-        columns = {"id": "text", "mongo_id": "text"}
+        columns = {"id": "text", "mongo_id": "text"} if self.store == "mongodb" else {"id": "text"}
         columns.update({f.column: COLUMN_TYPES[f.kind] for f in self.fields if not f.column.startswith("_")})
         return Table(self.table, key=("id",), columns=columns, change_fields=self.change_fields)
 
@@ -393,34 +409,55 @@ COLLECTIONS: dict[str, Collection] = {
     c.name: c for c in (USERS, OAUTH_CLIENT_APPS, OAUTH_ROLES, USER_APP_CONSENTS, INVITATIONS, APP_SETTINGS)
 }
 
-SESSIONS = Table(
-    "sessions",
-    key=("id",),
-    columns={
-        "id": "text",
-        "user_id": "text",
-        "kind": "text",
-        "oauth_client_app_id": "text",
-        "ip_address": "inet",
-        "user_agent": "text",
-        "scope": "text",
-        "created_at": "timestamp",
-        "expires_at": "timestamp",
-    },
+#: Session metadata, from the app's live Redis (sessions are never in a MongoDB dump): one row
+#: per session hash; the body stays in Redis. Its own logic: authmigrate.collections.sessions.
+SESSIONS_SOURCE = Collection(
+    name="sessions",
+    table="sessions",
+    key=F(None, "id", "key"),  # prefix:userId:sha256(session id), from the Redis key (hook session_keys)
+    fields=(
+        F(None, "user_id", "key", required=True),  # from the key
+        F(None, "kind", "text", required=True),  # from the key's prefix
+        F("oauthClientAppId", "oauth_client_app_id", "text"),  # as stored; required for the OAuth kinds
+        F("ipAddr", "ip_address", "inet"),  # not an IP address: NULL and a field reject
+        F("deviceType", "user_agent", "text"),
+        F("scope", "scope", "text"),
+        F("createdAt", "created_at", "timestamp"),  # Unix seconds (or milliseconds)
+        F(None, "expires_at", "timestamp"),  # the read time plus the key's PTTL
+    ),
+    references=(
+        Reference("user_id", "users", "reject", "unknown_user", "user"),
+        Reference("oauth_client_app_id", "oauthClientApps", "reject", "unknown_app", "app"),
+    ),
+    hooks=("session_keys",),
+    ignored=(),
+    module="sessions",
+    store="redis",
+    # Everything else in Redis (pmfa:, pev:, ppr:, ac:, webauthn:, r:, settings:global,
+    # admin:audit) is never touched.
+    redis_hashes=(
+        RedisHash("psid", "login", ("deviceType", "ipAddr", "createdAt")),
+        RedisHash("osid", "oauth_access", ("oauthClientAppId", "createdAt")),
+        RedisHash("orsid", "oauth_refresh", ("oauthClientAppId", "createdAt", "scope")),
+    ),
+    description="session audit metadata (who, from where, with which app, until when)",
 )
+SESSIONS = SESSIONS_SOURCE.main_table
 
-SECRET_FIELDS = tuple(dict.fromkeys(s for c in COLLECTIONS.values() for s in c.secrets))
+#: every source the DAG reads, by name: the MongoDB collections (param collections) and sessions
+SOURCES: dict[str, Collection] = {**COLLECTIONS, SESSIONS_SOURCE.name: SESSIONS_SOURCE}
 
-TABLES: dict[str, Table] = {t.name: t for c in COLLECTIONS.values() for t in c.tables}
-TABLES["sessions"] = SESSIONS
+SECRET_FIELDS = tuple(dict.fromkeys(s for c in SOURCES.values() for s in c.secrets))
+
+TABLES: dict[str, Table] = {t.name: t for c in SOURCES.values() for t in c.tables}
 
 
 def _check_references() -> None:
-    for c in COLLECTIONS.values():
+    for c in SOURCES.values():
         for name in [r.collection for r in c.references] + [a.references for a in c.arrays if a.references]:
             if name not in COLLECTIONS:
                 raise ValueError(f"collection {c.name}: references unknown collection {name!r}")
-        order = list(COLLECTIONS)
+        order = list(SOURCES)
         late = [d for d in c.depends_on if order.index(d) > order.index(c.name)]
         if late:
             raise ValueError(f"collection {c.name}: declare {late} before it (its transform needs their keys)")
@@ -428,13 +465,8 @@ def _check_references() -> None:
 
 _check_references()
 
-# Redis session keys the app writes: prefix -> (kind, hash fields read). Everything else in
-# Redis (pmfa:, pev:, ppr:, ac:, webauthn:, r:, settings:global, admin:audit) is never touched.
-SESSION_KINDS = {
-    "psid": ("login", ("deviceType", "ipAddr", "createdAt")),
-    "osid": ("oauth_access", ("oauthClientAppId", "createdAt")),
-    "orsid": ("oauth_refresh", ("oauthClientAppId", "createdAt", "scope")),
-}
+#: Redis session keys the app writes: prefix -> (kind, hash fields read)
+SESSION_KINDS = {h.prefix: (h.kind, h.fields) for h in SESSIONS_SOURCE.redis_hashes}
 
 
 def asset_alias(table: str) -> str:

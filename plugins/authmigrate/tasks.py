@@ -234,7 +234,7 @@ def sessions_export() -> dict:
     """SCAN the app's session keys; HGETALL + PTTL in pipelined batches. Read-only."""
     _, cfg = _context()
     _require_sessions(cfg)
-    from authmigrate.sessions import export_sessions
+    from authmigrate.collections.sessions import export_sessions
 
     return export_sessions(cfg)
 
@@ -243,11 +243,12 @@ def sessions_export() -> dict:
 def sessions_transform() -> dict:
     ctx, cfg = _context()
     _require_sessions(cfg)
-    from authmigrate.sessions import transform_task
+    from authmigrate.collections.sessions import transform_task
+    from authmigrate.registry import SESSIONS_SOURCE
 
     ti = ctx["ti"]
     upstream = {dep: ti.xcom_pull(task_ids=f"{dep}.transform") if dep in cfg.collections else None
-                for dep in ("users", "oauthClientApps")}
+                for dep in SESSIONS_SOURCE.depends_on}
     return transform_task(cfg, ti.xcom_pull(task_ids="sessions.export"), upstream)
 
 
@@ -258,11 +259,10 @@ def sessions_load() -> dict:
     transformed = ctx["ti"].xcom_pull(task_ids="sessions.transform")
     if cfg.dry_run:
         return {"dry_run": True, "changes": {}}
-    from authmigrate.load import load_tables
-    from authmigrate.registry import SESSIONS
+    from authmigrate.load import load_collection
 
     with _held(cfg, ctx["ti"]) as guard:
-        result = load_tables(cfg, "sessions", (SESSIONS,), (), transformed, guard)
+        result = load_collection(cfg, "sessions", transformed, guard)
     _emit_assets(ctx, cfg, result["changes"])
     return result
 

@@ -26,7 +26,8 @@ from bson.codec_options import CodecOptions, DatetimeConversion
 from bson.datetime_ms import DatetimeMS
 from bson.errors import InvalidBSON
 
-from authmigrate.registry import COLLECTIONS, KIND_DEFAULT, SECRET_FIELDS, TABLES, Collection, Field, JoinArray
+from authmigrate.registry import (COLLECTIONS, KIND_DEFAULT, SECRET_FIELDS, SOURCES, TABLES, Collection, Field,
+                                  JoinArray)
 
 UTC = dt.timezone.utc
 WILDCARD = "*"
@@ -697,7 +698,7 @@ def own_module(collection: str):
     """The module of a collection's own logic (``Collection.module``), or None."""
     from importlib import import_module
 
-    spec = COLLECTIONS[collection]
+    spec = SOURCES[collection]
     return import_module(f"authmigrate.collections.{spec.module}") if spec.module else None
 
 
@@ -708,7 +709,7 @@ def transform(collection: str, docs: pd.DataFrame, known: dict[str, Container[st
     the upstream transforms' extras (the users' legacy ownership claims). A collection with
     logic of its own has it in ``authmigrate.collections.<module>``, behind this signature;
     every other one is transformed by its declaration alone."""
-    spec = COLLECTIONS[collection]  # KeyError: never route a collection to another's rules
+    spec = SOURCES[collection]  # KeyError: never route a collection to another's rules
     module = own_module(collection)
     if module is not None:
         return module.transform(docs, known or {}, existing, extras or {})

@@ -60,7 +60,7 @@ def test_sessions_are_synced_and_redis_is_left_untouched(seeded):
         expected["invalid_ip"]
     # expiry comes from the TTL at read time; OAuth access sessions follow the app's token validity
     # (compared with each key's absolute expiry in Redis: how long the run took does not matter)
-    from authmigrate.sessions import session_id
+    from authmigrate.collections.sessions import session_id
 
     deadlines = {session_id(k.decode()): migration.redis.pexpiretime(k) / 1000 for k, v in before.items()
                  if k.startswith(b"osid:") and v[0] == "hash" and v[1].get(b"oauthClientAppId") == b"100001"}
@@ -88,7 +88,7 @@ def test_sessions_are_synced_and_redis_is_left_untouched(seeded):
 
 
 def test_read_batch_handles_keys_that_expired_or_have_the_wrong_type(seeded):
-    from authmigrate.sessions import _read_batch
+    from authmigrate.collections.sessions import _read_batch
 
     migration, _ = seeded
     migration.redis.set("psid:000000000001:str", "x")

@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from authmigrate.sessions import session_id, transform_sessions
+from authmigrate.collections.sessions import session_id, transform_sessions
 from authmigrate.transform import KeySet
 
 USERS, APPS = {"000000000001"}, {"100001"}
@@ -66,3 +66,24 @@ def test_raw_session_ids_never_leave_redis():
     assert result.tables["sessions"]["id"].iloc[0].startswith("psid:000000000001:")
     assert session_id("psid:u:a") != session_id("psid:u:b")
     assert "\x00" not in session_id("psid:u\x00x:y")
+
+
+def test_sessions_go_through_the_one_transform_signature_with_the_declared_references():
+    """The Redis source is declared like a collection: transform.transform("sessions", ...) calls
+    its module with the keys of the collections its declaration references, and the export's
+    frame carries the time the keys were read (for expires_at)."""
+    from authmigrate.registry import SESSIONS_SOURCE, TABLES
+    from authmigrate.transform import transform
+
+    assert SESSIONS_SOURCE.depends_on == ("users", "oauthClientApps")
+    assert TABLES["sessions"] is SESSIONS_SOURCE.main_table and "mongo_id" not in TABLES["sessions"].columns
+    exported = frame([row("osid:000000000001:a", {"oauthClientAppId": "100001", "createdAt": "1700000000"}),
+                      row("osid:000000000009:b", {"oauthClientAppId": "100001"}),
+                      row("osid:000000000001:c", {"oauthClientAppId": "100009"})])
+    exported["read_at"] = 1_700_000_000.0
+    result = transform("sessions", exported, {"users": USERS, "oauthClientApps": APPS})
+    assert list(result.tables["sessions"]["user_id"]) == ["000000000001"]
+    assert result.tables["sessions"]["expires_at"].iat[0] == pd.Timestamp(1_700_000_060, unit="s", tz="UTC")
+    assert sorted(zip(result.rejects["reason_code"], result.rejects["reason"])) == [
+        ("unknown_app", "app 100009 is not in the target oauth_client_apps table"),
+        ("unknown_user", "user 000000000009 is not in the target users table")]

@@ -1,4 +1,6 @@
-"""Session metadata: Redis session hashes → the ``sessions`` audit table.
+"""Session metadata: Redis session hashes → the ``sessions`` audit table (the declaration
+``registry.SESSIONS_SOURCE``: its keys, fields, references; this module is its own logic, hook
+``session_keys``, behind the one transform signature).
 
 Reads only the app's session keys (``psid:``, ``osid:``, ``orsid:``) with SCAN (never KEYS),
 HGETALL and PTTL in pipelined batches; writes nothing to Redis. Session bodies stay in Redis;
@@ -22,15 +24,16 @@ import pyarrow as pa
 
 from authmigrate.config import RunConfig
 from authmigrate.progress import Progress
-from authmigrate.registry import SESSION_KINDS
+from authmigrate.registry import COLLECTIONS, SESSION_KINDS, SESSIONS_SOURCE
 from authmigrate.staging import collection_dir, read_frame, write_frame, write_table
 from authmigrate.transform import Reject, Result, _typed, known_among, rejects_frame
 
 log = logging.getLogger("authmigrate")
 UTC = dt.timezone.utc
-SOURCE = "sessions"
+SOURCE = SESSIONS_SOURCE.name
+COLUMNS = list(SESSIONS_SOURCE.main_table.columns)
 EXPORT_SCHEMA = pa.schema([("key", pa.string()), ("status", pa.string()), ("fields", pa.string()),
-                           ("unknown_fields", pa.int32()), ("pttl", pa.int64())])
+                           ("unknown_fields", pa.int32()), ("pttl", pa.int64()), ("read_at", pa.float64())])
 
 
 # --------------------------------------------------------------------------- export (Redis)
@@ -79,7 +82,7 @@ def export_sessions(cfg: RunConfig) -> dict:
     if batch:
         rows += _read_batch(client, batch)
     progress.log(final=True)
-    table = pa.Table.from_pylist([dict(zip(EXPORT_SCHEMA.names, r)) for r in rows], schema=EXPORT_SCHEMA)
+    table = pa.Table.from_pylist([dict(zip(EXPORT_SCHEMA.names, (*r, read_at))) for r in rows], schema=EXPORT_SCHEMA)
     out = write_table(table, collection_dir(cfg, SOURCE, "export") / "sessions.parquet")
     return {"path": str(out), "documents": len(rows), "read_at": read_at}
 
@@ -105,13 +108,23 @@ def _created_at(value: str | None) -> dt.datetime | None:
         raise Reject("malformed_hash", f"createdAt {value[:40]!r} is not Unix seconds") from None
 
 
+def transform(docs: pd.DataFrame, known: dict[str, Container[str]], existing: pd.DataFrame | None = None,
+              extras: dict[str, pd.DataFrame] | None = None) -> Result:
+    """The one transform signature (transform.transform("sessions", ...)): the exported keys (with
+    the time they were read), the accepted keys of the collections the declaration references."""
+    read_at = float(docs["read_at"].iat[0]) if len(docs) else 0.0
+    return transform_sessions(docs, known.get("users", ()), known.get("oauthClientApps", ()), read_at)
+
+
 def transform_sessions(exported: pd.DataFrame, known_users: Container[str], known_apps: Container[str],
                        read_at: float) -> Result:
     """One ``sessions`` row per live session key; rejects for malformed keys or hashes, wrong
-    types, unknown users or apps; invalid IPs become NULL plus a field reject."""
+    types, unknown users or apps (the declaration's references); invalid IPs become NULL plus a
+    field reject."""
     rows, rejects = [], []
     expired = 0
     known_users = known_among(known_users, (k.partition(":")[2].partition(":")[0] for k in exported["key"]))
+    known_keys = {"users": known_users, "oauthClientApps": known_apps}
     for key, status, fields_json, pttl in zip(exported["key"], exported["status"], exported["fields"],
                                               exported["pttl"]):
         fields = json.loads(fields_json) if fields_json else {}
@@ -143,10 +156,12 @@ def transform_sessions(exported: pd.DataFrame, known_users: Container[str], know
             app = fields.get("oauthClientAppId")
             if kind != "login" and not app:
                 raise Reject("malformed_hash", "an OAuth session without oauthClientAppId")
-            if user_id not in known_users:
-                raise Reject("unknown_user", f"user {user_id} is not in the target users table")
-            if app and app not in known_apps:
-                raise Reject("unknown_app", f"app {app} is not in the target oauth_client_apps table")
+            values = {"user_id": user_id, "oauth_client_app_id": app}
+            for ref in SESSIONS_SOURCE.references:
+                value = values[ref.column]
+                if value and value not in known_keys[ref.collection]:
+                    raise Reject(ref.code, f"{ref.what} {value} is not in the target "
+                                           f"{COLLECTIONS[ref.collection].table} table")
         except Reject as r:
             reject(r.code, r.reason)
             continue
@@ -162,24 +177,25 @@ def transform_sessions(exported: pd.DataFrame, known_users: Container[str], know
         rows.append({"id": sid, "user_id": user_id, "kind": kind, "oauth_client_app_id": app,
                      "ip_address": ip, "user_agent": fields.get("deviceType"), "scope": fields.get("scope"),
                      "created_at": created, "expires_at": expires})
-    frame = pd.DataFrame(rows, columns=["id", "user_id", "kind", "oauth_client_app_id", "ip_address",
-                                        "user_agent", "scope", "created_at", "expires_at"]).sort_values("id")
+    frame = pd.DataFrame(rows, columns=COLUMNS).sort_values("id")
     doc_rejects = sum(1 for r in rejects if r["scope"] == "document")
     counts = {
         "source_documents": len(exported), "rejected_documents": doc_rejects, "expired_during_read": expired,
         "rows": {"sessions": len(frame)},
         "rejects_by_reason": dict(sorted(Counter(r["reason_code"] for r in rejects).items())),
     }
-    return Result(tables={"sessions": _typed(frame, "sessions")}, rejects=rejects_frame(rejects), counts=counts)
+    return Result(tables={SESSIONS_SOURCE.table: _typed(frame, SESSIONS_SOURCE.table)},
+                  rejects=rejects_frame(rejects), counts=counts)
 
 
 # --------------------------------------------------------------------------- task side
 def transform_task(cfg: RunConfig, exported: dict, upstream: dict[str, dict | None]) -> dict:
+    from authmigrate.transform import transform as transform_source
     from authmigrate.transform_task import _keys
 
     frame = read_frame(exported["path"])
-    result = transform_sessions(frame, _keys(cfg, "users", upstream.get("users")),
-                                _keys(cfg, "oauthClientApps", upstream.get("oauthClientApps")), exported["read_at"])
+    known = {dep: _keys(cfg, dep, upstream.get(dep)) for dep in SESSIONS_SOURCE.depends_on}
+    result = transform_source(SOURCE, frame, known)
     out = collection_dir(cfg, SOURCE, "transform")
     tables = {"sessions": str(write_frame(result.tables["sessions"], out / "sessions.parquet"))}
     rejects = str(write_frame(result.rejects, out / "rejects.parquet"))
