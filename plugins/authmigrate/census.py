@@ -158,39 +158,41 @@ def collection_census(census: FieldCensus, collection: str) -> dict[str, Any]:
 
 
 def source_collections(cfg) -> dict[str, int]:
-    """Every collection of the source database that no declaration maps, with its document
-    count (``estimatedDocumentCount``: from the collection's metadata, no scan), system
-    collections left out."""
-    from authmigrate.registry import COLLECTIONS
-
+    """Every collection of the source that no declaration maps, with its document count, system
+    collections left out. Which names a declaration reads is the export's own rule
+    (``export.resolve_source``, ``filesource.locate``), never a second one. MongoDB:
+    ``estimatedDocumentCount`` (from the collection's metadata, no scan); files: the documents of
+    the unmapped files (the mapped ones are never re-read)."""
     if cfg.source == "files":
-        return _dump_collections(cfg)
+        from authmigrate.filesource import dump_collections, locate
+
+        return dump_collections(cfg, skip=_names_read(lambda c: (locate(cfg, c) or (None, None, None))[2]))
     from airflow.providers.mongo.hooks.mongo import MongoHook
 
-    from authmigrate.config import ConfigError
     from authmigrate.export import resolve_source
 
     hook = MongoHook(mongo_conn_id=cfg.mongo_conn_id)
     db = hook.get_conn()[hook.connection.schema]
     existing = db.list_collection_names()
-    read = set()
-    for c in COLLECTIONS:
-        try:
-            read.add(resolve_source(cfg, c, existing))
-        except ConfigError:  # not in the source: nothing of it to leave out
-            pass
+    read = _names_read(lambda c: resolve_source(cfg, c, existing))
     return {name: db[name].estimated_document_count() for name in sorted(existing)
             if name not in read and not name.startswith("system.")}
 
 
-def _dump_collections(cfg) -> dict[str, int]:
-    """source=files: the dump's collections that no declaration reads, with their documents."""
-    from authmigrate.filesource import dump_collections
+def _names_read(resolve) -> set[str]:
+    """The source names the declarations read (a collection the source does not have reads none)."""
+    from authmigrate.config import ConfigError
     from authmigrate.registry import COLLECTIONS
 
-    spec_names = {cfg.source_collections[c] for c in COLLECTIONS}
-    spec_names |= {s.mongoose_name for s in COLLECTIONS.values() if s.optional and s.mongoose_name}
-    return {name: n for name, n in dump_collections(cfg).items() if name not in spec_names}
+    read = set()
+    for c in COLLECTIONS:
+        try:
+            name = resolve(c)
+        except ConfigError:  # not in the source: nothing of it to leave out
+            continue
+        if name:
+            read.add(name)
+    return read
 
 
 def report_lines(census: dict[str, Any]) -> list[str]:

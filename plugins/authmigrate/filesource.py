@@ -133,8 +133,9 @@ def archive_namespaces(path) -> list[tuple[str, str]]:
     return list(meta.namespaces)
 
 
-def dump_collections(cfg: RunConfig) -> dict[str, int]:
-    """Every collection the dump holds (name → documents), for the census."""
+def dump_collections(cfg: RunConfig, skip: set[str] = frozenset()) -> dict[str, int]:
+    """The collections the dump holds (name → documents), for the census; those in ``skip``
+    are left out (a folder's files of them are not opened)."""
     from authmigrate.dumpfiles import Archive, iter_archive, iter_bson, iter_json, open_maybe_gzip
 
     archive = _archive_file(cfg)
@@ -142,14 +143,15 @@ def dump_collections(cfg: RunConfig) -> dict[str, int]:
         meta, counts = Archive(), {}
         with archive.open("rb") as fh:
             for (db, coll), item in iter_archive(open_maybe_gzip(fh), meta):
-                if not cfg.source_database or db == cfg.source_database:
+                if (not cfg.source_database or db == cfg.source_database) and coll not in skip:
                     counts[coll] = counts.get(coll, 0) + 1
         return counts
     folder = _path(cfg.source_path) / cfg.source_database if cfg.source_database else _path(cfg.source_path)
     out = {}
     for p in sorted(folder.iterdir(), key=lambda q: q.name):
         suffix = next((s for s in SUFFIXES if p.name.endswith(s)), None)
-        if suffix and not p.name.endswith(".metadata.json") and not p.name.endswith(".metadata.json.gz"):
+        if suffix and not p.name.endswith((".metadata.json", ".metadata.json.gz")) and \
+                p.name[: -len(suffix)] not in skip:
             with p.open("rb") as fh:
                 reader = iter_bson if suffix.startswith(".bson") else iter_json
                 out[p.name[: -len(suffix)]] = sum(1 for _ in reader(open_maybe_gzip(fh)))

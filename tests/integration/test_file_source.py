@@ -119,3 +119,49 @@ def test_a_chunked_bson_file_exports_the_same_documents_in_document_aligned_rang
                                          for r in b.column(0).to_pylist()])
     assert got[0][0] == 1 and got[3][0] == 4  # 10 users: ranges of 3, 3, 3 and 1
     assert got[3][1] == got[0][1] == [bson.encode(d) for d in documents()["users"]]
+
+
+def test_an_incremental_run_on_a_newer_dump_applies_its_updates_and_deletions(migration, tmp_path, monkeypatch):
+    """The re-sync of a dump source: the same updatedAt watermark as the live source picks the
+    changed documents of a newer dump, and its key-only pass (the dump's keys) deletes what the
+    newer dump no longer has; a full run of that dump afterwards changes nothing."""
+    import copy
+    import datetime as dt
+
+    from tests.data import user
+
+    monkeypatch.setenv("AUTHMIGRATE_SOURCE_ROOTS", str(tmp_path))
+    data = documents()
+    write(data, tmp_path / "monday", "bson")
+    migration.run(source="files", source_path=str(tmp_path / "monday"))
+    stamps = dict(migration.sql("SELECT id, synced_at FROM users"))
+
+    newer = copy.deepcopy(data)
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0, tzinfo=None)
+    for doc in newer["users"]:
+        if doc.get("userId") in ("000000000003", "000000000004"):
+            doc.update(lastName=f"Changed{doc['userId'][-1]}", updatedAt=now)
+    newer["users"] = [d for d in newer["users"] if d.get("userId") != "000000000005"]
+    newer["users"].append(user(50, "000000000050", "henry", "henry@example.com", updatedAt=now,
+                               providerRoles=["standardUser"]))
+    (writer,) = [r for r in newer["oauthRoles"] if r.get("oauthRoleName") == "writer"]
+    writer.update(oauthUserIds=["*"], updatedAt=now)
+    newer["adminAuditLog"] = [{"action": "login", "at": now} for _ in range(3)]  # no declaration maps it
+    write(newer, tmp_path / "tuesday", "bson")
+
+    dr = migration.run(mode="incremental", source="files", source_path=str(tmp_path / "tuesday"))
+    after = dict(migration.sql("SELECT id, synced_at FROM users"))
+    assert {uid for uid, ts in after.items() if stamps.get(uid) != ts} == {"000000000003", "000000000004",
+                                                                          "000000000050"}
+    assert "000000000005" not in after, "the key-only pass over the newer dump propagates the deletion"
+    assert migration.sql("SELECT last_name FROM users WHERE id = '000000000003'") == [("Changed3",)]
+    assert migration.sql("SELECT count(*) FROM client_role_users u JOIN client_roles r ON r.id = u.client_role_id "
+                         "WHERE r.name = 'writer'") == [(0,)]
+    counts = migration.sql("SELECT counts FROM authmigrate.runs WHERE run_id = %s", (dr.run_id,))[0][0]
+    assert counts["collections"]["users"]["source_documents"] < len(newer["users"]), "read only what changed"
+    assert counts["census"]["unmapped_collections"] == {"adminAuditLog": 3}
+
+    state = migration.snapshot(with_synced_at=False)
+    migration.run(mode="full", source="files", source_path=str(tmp_path / "tuesday"))
+    assert migration.snapshot(with_synced_at=False) == state
+    assert migration.counts()["users"] == EXPECTED_ROWS["users"]  # +1 new, -1 deleted
