@@ -81,9 +81,27 @@ def test_gzip_is_read_through_and_the_content_tells_the_format():
 
 
 # --------------------------------------------------------------------------- mongodump --archive
-def test_crc64_ecma_matches_the_check_value():
+def _crc64_by_the_definition(data: bytes, crc: int = 0) -> int:
+    """Go's hash/crc64 Update with the ECMA table, written out (reflected polynomial)."""
+    poly = 0xC96C5795D7870F42
+    crc ^= 0xFFFFFFFFFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ poly if crc & 1 else crc >> 1
+    return crc ^ 0xFFFFFFFFFFFFFFFF
+
+
+def test_crc64_ecma_matches_the_check_value_and_the_definition():
+    import os
+
     assert crc64_ecma(b"123456789") == 0x995DC9BBDF1939FA  # CRC-64/XZ, Go's crc64 ECMA
     assert crc64_ecma(b"6789", crc64_ecma(b"12345")) == crc64_ecma(b"123456789")
+    assert crc64_ecma(b"") == 0
+    data = os.urandom(3000)
+    assert crc64_ecma(data) == _crc64_by_the_definition(data)
+    assert crc64_ecma(data[1000:], crc64_ecma(data[:1000])) == _crc64_by_the_definition(data[1000:],
+                                                                                       _crc64_by_the_definition(data[:1000]))
 
 
 def _archive(bad_crc: bool = False, cut: int = 0) -> bytes:
