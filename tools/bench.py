@@ -21,6 +21,15 @@
    dlt    ``tools/bench_dlt.py`` inside ``.bench/dlt-venv`` (created here with
           ``dlt[postgres]==1.31.0`` and ``pymongo==4.20.1``; if it cannot be created the error is
           reported and the other systems still run): dlt's defaults, arrays → child tables.
+
+   The file source (skip with ``--skip files``): the seeded collections are first dumped, as
+   mongodump writes them, to ``<work>/dump/<collection>.bson`` (raw documents, not timed), then
+   floor_files  ``python -m tools.bench _floor_files``: reads each ``.bson`` file, splits it into
+                documents (``bson.decode_file_iter``, RawBSONDocument: the C extension walks and
+                checks each length prefix) and COPYs each raw document into a bytea table (binary
+                COPY; no index, no transform) — the same floor as above, with the file for server.
+   ours_files   our DAG with ``source=files``, ``source_path=<work>/dump`` (``AUTHMIGRATE_SOURCE_ROOTS``
+                set to it), everything else as ``ours``.
 3. Writes ``<out>/bench.json``, ``<out>/bench.md`` and ``<out>/bench.png``. Each system's figure
    is the median (by wall time) of R runs; by default R = 3 when its first run took under a
    minute, else 1. ``--profile`` adds one unmeasured run of ours under py-spy (wall-clock
@@ -213,6 +222,45 @@ def floor_main(argv: list[str]) -> int:
             conn.commit()
             per[name] = {"documents": docs, "bson_bytes": size, "seconds": round(time.monotonic() - t0, 3)}
     client.close()
+    out = {"collections": per, "documents_total": sum(p["documents"] for p in per.values()),
+           "bson_bytes_total": sum(p["bson_bytes"] for p in per.values()),
+           "seconds_in_script": round(time.monotonic() - started, 3)}
+    Path(args.out).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+def floor_files_main(argv: list[str]) -> int:
+    """Read each collection's mongodump .bson file, split it into raw documents and COPY them,
+    untouched, into one-column bytea tables."""
+    import bson
+    import psycopg
+    from bson.codec_options import CodecOptions
+    from bson.raw_bson import RawBSONDocument
+
+    parser = argparse.ArgumentParser(prog="tools.bench _floor_files")
+    parser.add_argument("--dump", required=True)
+    parser.add_argument("--pg", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    options = CodecOptions(document_class=RawBSONDocument)
+    per: dict[str, dict] = {}
+    with psycopg.connect(args.pg) as conn:
+        for name in COLLECTIONS:
+            t0 = time.monotonic()
+            table = f"floor_{name.lower()}"
+            conn.execute(f"CREATE TABLE {table} (doc bytea)")
+            docs = size = 0
+            with open(Path(args.dump) / f"{name}.bson", "rb", buffering=1 << 20) as fh, conn.cursor() as cur, \
+                    cur.copy(f"COPY {table} (doc) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["bytea"])
+                for doc in bson.decode_file_iter(fh, options):
+                    raw = doc.raw
+                    copy.write_row((raw,))
+                    docs += 1
+                    size += len(raw)
+            conn.commit()
+            per[name] = {"documents": docs, "bson_bytes": size, "seconds": round(time.monotonic() - t0, 3)}
     out = {"collections": per, "documents_total": sum(p["documents"] for p in per.values()),
            "bson_bytes_total": sum(p["bson_bytes"] for p in per.values()),
            "seconds_in_script": round(time.monotonic() - started, 3)}
@@ -608,6 +656,43 @@ class Bench:
                 self.log(f"source probe, users, {label}: {n / sec:,.0f} docs/s")
         self.results["source_probe"] = out
 
+    def dump_source(self) -> Path:
+        """The seeded collections as mongodump writes them: raw documents, concatenated, in
+        ``<work>/dump/<collection>.bson``, with a ``.metadata.json`` beside each (not timed)."""
+        import pymongo
+        from bson.codec_options import CodecOptions
+        from bson.raw_bson import RawBSONDocument
+
+        dump = self.work / "dump"
+        dump.mkdir(exist_ok=True)
+        t0 = time.monotonic()
+        with pymongo.MongoClient(self.mongo.uri) as client:
+            db = client[MONGO_DB]
+            for name in COLLECTIONS:
+                coll = db.get_collection(name, codec_options=CodecOptions(document_class=RawBSONDocument))
+                with open(dump / f"{name}.bson", "wb", buffering=1 << 20) as fh:
+                    for doc in coll.find({}, batch_size=10_000):
+                        fh.write(doc.raw)
+                (dump / f"{name}.metadata.json").write_text(json.dumps(
+                    {"indexes": [{"v": 2, "key": {"_id": 1}, "name": "_id_"}], "collectionName": name}))
+        size = sum(p.stat().st_size for p in dump.glob("*.bson"))
+        self.results["dump"] = {"seconds": round(time.monotonic() - t0, 1), "bson_bytes": size}
+        self.log(f"dumped the source to {dump}: {size / MIB:,.0f} MiB of .bson in {time.monotonic() - t0:.1f}s")
+        return dump
+
+    def run_floor_files(self, i: int, dump: Path) -> dict:
+        db = self.dbs.create("floorfiles", i)
+        out = self.work / f"floor-files-{i}.json"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        m = run_measured([sys.executable, "-m", "tools.bench", "_floor_files", "--dump", str(dump),
+                          "--pg", self.dbs.uri(db), "--out", str(out)], env, self.work / f"floor-files-{i}.log",
+                         self.args.timeout)
+        if m["returncode"] != 0:
+            return {**m, "error": f"file floor failed ({m['returncode']}):\n{_tail(m['log'])}"}
+        detail = json.loads(out.read_text())
+        return {**m, **detail, "database_bytes": self.dbs.size(db),
+                "docs_per_second": round(detail["documents_total"] / m["wall_seconds"], 1)}
+
     def airflow_db(self) -> None:
         airflow = Path(sys.executable).with_name("airflow")
         env = airflow_env(self.work, self.mongo.port, None, None)
@@ -630,19 +715,25 @@ class Bench:
         return {**m, **detail, "database_bytes": self.dbs.size(db),
                 "docs_per_second": round(detail["documents_total"] / m["wall_seconds"], 1)}
 
-    def run_ours(self, i: int, profile: bool = False) -> dict:
-        db = self.dbs.create("ours" if not profile else "ours_profile", i)
-        reports = self.work / ("reports-profile" if profile else f"reports-{i}")
+    def run_ours(self, i: int, profile: bool = False, dump: Path | None = None) -> dict:
+        """Our DAG, from the live source or (``dump``) from its dump files."""
+        label = "ours" if dump is None else "ours_files"
+        db = self.dbs.create(label if not profile else f"{label}_profile", i)
+        reports = self.work / ("reports-profile" if profile else f"reports-{label}-{i}")
         env = airflow_env(self.work, self.mongo.port, db, reports)
+        conf = dict(DAG_CONF)
+        if dump is not None:
+            env["AUTHMIGRATE_SOURCE_ROOTS"] = str(dump)
+            conf.update(source="files", source_path=str(dump))
         airflow = str(Path(sys.executable).with_name("airflow"))
-        cmd = [airflow, "dags", "test", "mongo_to_postgres", "--conf", json.dumps(DAG_CONF)]
+        cmd = [airflow, "dags", "test", "mongo_to_postgres", "--conf", json.dumps(conf)]
         if profile:
             pyspy = Path(sys.executable).with_name("py-spy")
             raw = self.out / "profile-ours.txt"
             cmd = [str(pyspy), "record", "--idle", "--threads", "--subprocesses", "--rate", "25", "--full-filenames",
                    "--format", "raw",
                    "-o", str(raw), "--", *cmd]
-        m = run_measured(cmd, env, self.work / (f"ours-{i}.log" if not profile else "ours-profile.log"),
+        m = run_measured(cmd, env, self.work / (f"{label}-{i}.log" if not profile else f"{label}-profile.log"),
                          self.args.timeout)
         if m["returncode"] != 0:
             return {**m, "error": f"airflow dags test failed ({m['returncode']}):\n{_tail(m['log'])}"}
@@ -777,6 +868,10 @@ class Bench:
                 systems["floor"] = self.repeat("floor", self.run_floor)
             if "ours" not in args.skip:
                 systems["ours"] = self.repeat("ours", self.run_ours)
+            if "files" not in args.skip:
+                dump = self.dump_source()
+                systems["floor_files"] = self.repeat("floor_files", lambda i: self.run_floor_files(i, dump))
+                systems["ours_files"] = self.repeat("ours_files", lambda i: self.run_ours(i, dump=dump))
             if "naive" not in args.skip:
                 systems["naive"] = self.repeat("naive", self.run_naive)
             if "dlt" not in args.skip:
@@ -914,11 +1009,19 @@ def ratios_and_targets(systems: dict, reference: dict | None = None) -> tuple[di
     target("ours ≤ 1.5× the floor (wall)", "≤ 1.5", r, None if r is None else r <= 1.5)
     r = ratios.get("dlt_over_ours_wall")
     target("ours ≥ 3× faster than dlt (wall)", "dlt/ours ≥ 3", r, None if r is None else r >= 3)
+    ours_files, floor_files = med.get("ours_files"), med.get("floor_files")
+    if ours_files and floor_files:
+        ratios["ours_files_over_floor_files_wall"] = round(ours_files["wall_seconds"] / floor_files["wall_seconds"], 2)
+    r = ratios.get("ours_files_over_floor_files_wall")
+    target("ours from a .bson dump ≤ 2× the file floor (wall)", "≤ 2", r, None if r is None else r <= 2)
     r = ratios.get("ours_rows_per_s_over_naive")
     target("ours ≥ 20× naive rows/s (end to end)", "≥ 20", r, None if r is None else r >= 20)
     peak = ours["peak_rss_bytes"] / GIB if ours else None
     target("peak RSS of ours ≤ 1 GiB", "≤ 1.0 GiB", None if peak is None else round(peak, 3),
            None if peak is None else peak <= 1.0)
+    if ours_files:
+        peak = ours_files["peak_rss_bytes"] / GIB
+        target("peak RSS of ours from a .bson dump ≤ 1 GiB", "≤ 1.0 GiB", round(peak, 3), peak <= 1.0)
     if reference and ours:
         grow = round(ours["peak_rss_bytes"] / reference["peak_rss_bytes"], 2)
         ratios["peak_over_reference_peak"] = grow
@@ -969,8 +1072,10 @@ def to_markdown(r: dict) -> str:
     what = {"ours": "`airflow dags test mongo_to_postgres` (export → transform → load → validate, verify on)",
             "floor": "pymongo RawBSON → psycopg 3 binary COPY, raw BSON in one bytea column",
             "naive": f"`PostgresHook.insert_rows` of {NAIVE_ROWS:,} user rows (scalar fields as text)",
-            "dlt": "dlt 1.31.0 defaults (arrays → child tables, insert_values)"}
-    for name in ("ours", "floor", "dlt", "naive"):
+            "dlt": "dlt 1.31.0 defaults (arrays → child tables, insert_values)",
+            "ours_files": "the same DAG with `source=files` from the mongodump .bson folder",
+            "floor_files": "the .bson files split into raw documents (bson C extension) → binary COPY into bytea"}
+    for name in ("ours", "floor", "ours_files", "floor_files", "dlt", "naive"):
         s = r["systems"].get(name)
         if not s:
             continue
@@ -981,7 +1086,7 @@ def to_markdown(r: dict) -> str:
             lines.append(f"| {name} | {what[name]} | — | — | — | — | — | error: {err.splitlines()[0][:200] if err else '?'} |")
             continue
         docs = med.get("documents_total")
-        rows = med.get("rows_total", med.get("rows", docs if name == "floor" else None))
+        rows = med.get("rows_total", med.get("rows", docs if name.startswith("floor") else None))
         rps = med.get("rows_per_second") or (round(rows / med["wall_seconds"], 1) if rows else None)
         peak = med.get("peak_rss_bytes", 0) / MIB
         lines.append(f"| {name} | {what[name]} | {med['wall_seconds']:.2f} | "
@@ -1098,8 +1203,9 @@ def to_png(r: dict, path: Path) -> None:
         a.set_xlabel("seconds")
         a.legend(loc="lower right", fontsize=8)
         a.set_title(f"ours: time per phase, in run order (wall {ours['wall_seconds']:.1f} s)")
-    colors = {"ours": "#4C78A8", "floor": "#54A24B", "dlt": "#E45756", "naive": "#B279A2"}
-    for name in ("ours", "floor", "dlt"):
+    colors = {"ours": "#4C78A8", "floor": "#54A24B", "dlt": "#E45756", "naive": "#B279A2",
+              "ours_files": "#72B7B2", "floor_files": "#EECA3B"}
+    for name in ("ours", "floor", "ours_files", "floor_files", "dlt"):
         med = (r["systems"].get(name) or {}).get("median")
         if med and med.get("memory_samples"):
             xs = [s[0] for s in med["memory_samples"]]
@@ -1112,7 +1218,7 @@ def to_png(r: dict, path: Path) -> None:
     b.set_title("memory over time")
     b.legend(loc="upper right", fontsize=8)
     names, walls = [], []
-    for name in ("floor", "ours", "dlt"):
+    for name in ("floor", "ours", "floor_files", "ours_files", "dlt"):
         med = (r["systems"].get(name) or {}).get("median")
         if med:
             names.append(name)
@@ -1147,6 +1253,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "_floor":
         return floor_main(argv[1:])
+    if argv and argv[0] == "_floor_files":
+        return floor_files_main(argv[1:])
     if argv and argv[0] == "_naive":
         return naive_main(argv[1:])
     if argv and argv[0] == "report":
@@ -1157,7 +1265,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="runs per system (default: 3 when its first run took under a minute, else 1)")
     parser.add_argument("--out", default="bench-results", help="folder for bench.json / bench.md / bench.png")
     parser.add_argument("--skip", default="",
-                        help="comma-separated parts to skip: floor,ours,naive,dlt,probe,parallel")
+                        help="comma-separated parts to skip: floor,ours,files,naive,dlt,probe,parallel")
     parser.add_argument("--parallel-chunks", type=int, default=4,
                         help="users export chunks in the LocalExecutor runs (parallel part)")
     parser.add_argument("--profile", action="store_true", help="one extra run of ours under py-spy")
