@@ -54,6 +54,20 @@ def test_targets_with_and_without_a_peak_reference(tmp_path):
         assert growth["measured"] == round(peak / 500, 2) and growth["met"] is ok
 
 
+def test_the_file_source_part_has_its_own_ratio_and_targets():
+    systems = _systems(700)
+    _, targets = bench.ratios_and_targets(systems)
+    assert next(t for t in targets if "from a .bson dump ≤ 2×" in t["target"])["met"] is None  # not measured
+    systems["floor_files"] = {"median": {"wall_seconds": 40.0}}
+    for wall, ok in ((79.0, True), (81.0, False)):
+        systems["ours_files"] = {"median": {"wall_seconds": wall, "peak_rss_bytes": 1100 * bench.MIB}}
+        ratios, targets = bench.ratios_and_targets(systems)
+        met = {t["target"]: t["met"] for t in targets}
+        assert ratios["ours_files_over_floor_files_wall"] == round(wall / 40.0, 2)
+        assert met["ours from a .bson dump ≤ 2× the file floor (wall)"] is ok
+        assert met["peak RSS of ours from a .bson dump ≤ 1 GiB"] is False
+
+
 def test_the_bench_floor_and_dlt_read_every_collection_the_seeder_writes():
     from tools import bench, bench_dlt, seed_mongo
 
