@@ -2,11 +2,13 @@
 in one transaction, so a failed or killed load leaves the target as it was."""
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 from psycopg import sql
@@ -90,12 +92,43 @@ def prepare(cfg: RunConfig, params: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- load
+#: schema.sql column type -> the Arrow type whose PostgreSQL binary COPY encoding (pgpq) it receives
+BINARY_COPY_TYPES = {"text": pa.large_string(), "boolean": pa.bool_(), "bigint": pa.int64(), "integer": pa.int32(),
+                     "timestamptz": pa.timestamp("us", tz="UTC")}
+
+
+@functools.cache
+def _binary_schema(table: str) -> pa.Schema | None:
+    """The Arrow schema a table's staging COPY is encoded from, or None when a column has a type
+    the binary encoder does not write (``inet``: that table is copied as text)."""
+    columns = sqlfiles.declared_tables()[table]
+    types = [BINARY_COPY_TYPES.get(columns[c][0]) for c in TABLES[table].column_names]
+    return None if None in types else pa.schema(list(zip(TABLES[table].column_names, types)))
+
+
 def _copy_file(conn, staging: str, table: Table, path: Path) -> int:
-    """COPY a Parquet file into a staging table, streaming record batches."""
+    """COPY a Parquet file into a staging table, streaming record batches: as PostgreSQL's
+    binary COPY, encoded from the Arrow columns in Rust (pgpq; no Python object per value),
+    or, for a table with a column type it does not encode, as text, row by row."""
     cols = table.column_names
+    schema = _binary_schema(table.name)
+    batches = pq.ParquetFile(path).iter_batches(batch_size=COPY_BATCH, columns=list(cols))
     n = 0
+    if schema is not None:
+        from pgpq import ArrowToPostgresBinaryEncoder
+
+        encoder = ArrowToPostgresBinaryEncoder(schema)
+        with conn.cursor() as cur, cur.copy(q("staging_copy_binary", staging=staging, columns=cols)) as copy:
+            copy.write(encoder.write_header())
+            for batch in batches:
+                # safe casts: an int32 column's values were range-checked by the transform
+                copy.write(encoder.write_batch(pa.RecordBatch.from_arrays(
+                    [batch.column(c).cast(schema.field(c).type) for c in cols], schema=schema)))
+                n += batch.num_rows
+            copy.write(encoder.finish())
+        return n
     with conn.cursor() as cur, cur.copy(q("staging_copy", staging=staging, columns=cols)) as copy:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=COPY_BATCH, columns=list(cols)):
+        for batch in batches:
             columns = [batch.column(c).to_pylist() for c in cols]
             for row in zip(*columns):
                 copy.write_row(row)
