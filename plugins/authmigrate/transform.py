@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from itertools import chain, compress
 from typing import Any, Callable, Container, Iterable, Iterator
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -174,6 +175,7 @@ def text(name: str, required: bool = False) -> Callable[[Any], str | None]:
         return _check_text(v, name)
 
     coerce.expects = ("string",)
+    coerce.fast = lambda values: _fast_strings(values, required)
     return coerce
 
 
@@ -194,6 +196,7 @@ def app_key(name: str, width: int, required: bool = True) -> Callable[[Any], str
         raise Reject("invalid_key", f"{name} must be a string id, got {type(v).__name__} {preview(v)}")
 
     coerce.expects = ("string",)
+    coerce.fast = lambda values: _fast_strings(values, required)  # a number id takes the per-value rule
     return coerce
 
 
@@ -213,6 +216,7 @@ def boolean(name: str, default: bool | None = False) -> Callable[[Any], bool | N
         raise Reject("invalid_type", f"{name} must be a boolean, got {type(v).__name__} {preview(v)}")
 
     coerce.expects = ("bool",)
+    coerce.fast = lambda values: _fast_exact(values, bool, default)
     return coerce
 
 
@@ -236,6 +240,7 @@ def integer(name: str, default: int | None = None, bits: int = 64) -> Callable[[
         return n
 
     coerce.expects = ("int", "long")
+    coerce.fast = lambda values: _fast_exact(values, int, default, bits)
     return coerce
 
 
@@ -265,6 +270,7 @@ def timestamp(name: str) -> Callable[[Any], dt.datetime | None]:
         raise Reject("invalid_date", f"{name} is not a date: {type(v).__name__} {preview(v)}")
 
     coerce.expects = ("date",)
+    coerce.fast = _fast_datetimes
     return coerce
 
 
@@ -282,7 +288,94 @@ def array(name: str) -> Callable[[Any], list]:
         raise Reject("invalid_array", f"{name} must be an array, got {type(v).__name__}")
 
     coerce.expects = ("array",)
+    coerce.fast = _fast_arrays
     return coerce
+
+
+# --------------------------------------------------------------------------- fast paths
+# A coercer's ``fast(values) -> (coerced, slow)`` does a whole column at once with C-speed
+# primitives (type maps, numpy masks, Arrow string kernels) for the values whose rule is plain
+# (a string that is a string, a missing value with a default, ...), and marks every other row
+# ``slow``: those rows, and only those, go through the per-value rules above, so each dirty case
+# keeps its exact reject and reason. ``coerced`` holds the fast rows' values (slow rows: None).
+_NONE = type(None)
+
+
+def _types(values: list) -> np.ndarray:
+    return np.fromiter(map(type, values), dtype=object, count=len(values))
+
+
+def _objects(values: list) -> np.ndarray:
+    out = np.empty(len(values), dtype=object)
+    out[:] = pd.Series(values, dtype=object).to_numpy()  # lists stay elements, never a 2-D array
+    return out
+
+
+def _fast_strings(values: list, required: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Strings as stored; missing or "" → NULL (slow when required: a reject). A string with a
+    NUL or longer than MAX_TEXT, and any other type, is slow."""
+    types = _types(values)
+    is_str = types == str
+    out = _objects(values)
+    slow = ~(is_str | (types == _NONE))
+    if is_str.any():
+        strings = pa.array(out[is_str].tolist(), pa.large_string())
+        bad = pc.or_(pc.greater(pc.utf8_length(strings), MAX_TEXT),
+                     pc.greater_equal(pc.find_substring(strings, "\x00"), 0)).to_numpy(zero_copy_only=False)
+        empty = pc.equal(pc.binary_length(strings), 0).to_numpy(zero_copy_only=False)
+        where = np.flatnonzero(is_str)
+        slow[where[bad]] = True
+        out[where[empty]] = None
+        if required:
+            slow[where[empty]] = True
+    if required:
+        slow |= types == _NONE
+    out[slow] = None
+    return out, slow
+
+
+def _fast_exact(values: list, kind: type, default: Any, bits: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Values of exactly ``kind`` (``int`` excludes bool) as stored, within ``bits`` for ints;
+    missing → ``default``. Anything else (0/1 for a bool, "12" for an int, ...) is slow."""
+    types = _types(values)
+    exact = types == kind
+    out = _objects(values)
+    slow = ~(exact | (types == _NONE))
+    out[types == _NONE] = default
+    if bits and exact.any():
+        where = np.flatnonzero(exact)
+        ints = out[where]
+        low, high = -(2 ** (bits - 1)), 2 ** (bits - 1)
+        if min(ints) < low or max(ints) >= high:
+            slow[where[[not low <= v < high for v in ints]]] = True
+    out[slow] = None
+    return out, slow
+
+
+def _fast_datetimes(values: list) -> tuple[np.ndarray, np.ndarray]:
+    """BSON dates as decoded (UTC-aware: what the rule returns for them); missing → NULL.
+    Strings, numbers and out-of-range dates (DatetimeMS) are slow."""
+    types = _types(values)
+    out = _objects(values)
+    slow = ~((types == dt.datetime) | (types == _NONE))
+    aware = np.flatnonzero(types == dt.datetime)
+    if len(aware):
+        slow[aware[[v.tzinfo is not UTC for v in out[aware]]]] = True
+    out[slow] = None
+    return out, slow
+
+
+def _fast_arrays(values: list) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays as stored; missing → []; a lone string → [it]; anything else is slow."""
+    types = _types(values)
+    out = _objects(values)
+    for i in np.flatnonzero(types == _NONE):
+        out[i] = []
+    for i in np.flatnonzero(types == str):
+        out[i] = [out[i]]
+    slow = ~((types == list) | (types == _NONE) | (types == str))
+    out[slow] = None
+    return out, slow
 
 
 # --------------------------------------------------------------------------- machinery
@@ -364,13 +457,24 @@ def rejects_frame(rows: list[dict]) -> pd.DataFrame:
 def _coerce(docs: pd.DataFrame, rules: dict[str, tuple[str, Callable]]) -> tuple[pd.DataFrame, list[dict]]:
     """Apply ``rules`` (column -> (source field, coercer)) to every document.
     Returns the coerced frame of accepted documents and one reject per refused document
-    (the first failing field, in rule order)."""
-    out: dict[str, list] = {col: [] for col in rules}
-    keep: list[int] = []
-    rejects: list[dict] = []
-    items = [(col, docs[src].tolist(), fn) for col, (src, fn) in rules.items()]
+    (the first failing field, in rule order). Each column goes through its coercer's fast path
+    at once; a row that any fast path leaves (or whose _id is bad) goes through the per-value
+    rules, whole, so its outcome is exactly theirs."""
+    n = len(docs)
     ids = docs["_id"].tolist()
-    for i in range(len(docs)):
+    columns = {col: docs[src].tolist() for col, (src, _) in rules.items()}
+    fast: dict[str, np.ndarray] = {}
+    slow = np.fromiter((i is None or "\x00" in i for i in ids), dtype=bool, count=n)
+    for col, (_, fn) in rules.items():
+        if getattr(fn, "fast", None) is None:
+            slow[:] = True
+            break
+        fast[col], column_slow = fn.fast(columns[col])
+        slow |= column_slow
+    rejects: list[dict] = []
+    accepted_slow: dict[int, list] = {}
+    items = [(col, columns[col], fn) for col, (_, fn) in rules.items()]
+    for i in np.flatnonzero(slow).tolist():
         row = []
         try:
             if ids[i] is None or "\x00" in ids[i]:
@@ -381,12 +485,19 @@ def _coerce(docs: pd.DataFrame, rules: dict[str, tuple[str, Callable]]) -> tuple
         except Reject as r:
             rejects.append(_reject_row(docs["_doc"].iat[i], "document", None, r.code, r.reason))
             continue
-        keep.append(i)
-        for (col, _, _), value in zip(items, row):
-            out[col].append(value)
-    frame = pd.DataFrame({col: pd.Series(vals, dtype=object) for col, vals in out.items()})
-    frame["mongo_id"] = pd.Series([ids[i] for i in keep], dtype=object)
-    frame["_row"] = keep
+        accepted_slow[i] = row
+    keep = np.flatnonzero(~slow)
+    if accepted_slow:
+        keep = np.sort(np.concatenate([keep, np.fromiter(accepted_slow, dtype=np.int64, count=len(accepted_slow))]))
+    out = {}
+    for j, (col, _, _) in enumerate(items):
+        values = fast[col] if col in fast else np.empty(n, dtype=object)
+        for i, row in accepted_slow.items():
+            values[i] = row[j]
+        out[col] = pd.Series(values[keep], dtype=object)
+    frame = pd.DataFrame(out)
+    frame["mongo_id"] = pd.Series([ids[i] for i in keep.tolist()], dtype=object)
+    frame["_row"] = keep.tolist()
     return frame, rejects
 
 
