@@ -1038,6 +1038,7 @@ def ratios_and_targets(systems: dict, reference: dict | None = None) -> tuple[di
 # --------------------------------------------------------------------------------------------
 
 def _downsample(samples: list, limit: int = 1500) -> list:
+    samples = [tuple(s) for s in samples]  # JSON made them lists, which a set cannot hold
     if len(samples) <= limit:
         return samples
     step = len(samples) / limit

@@ -72,3 +72,13 @@ def test_the_bench_floor_and_dlt_read_every_collection_the_seeder_writes():
     from tools import bench, bench_dlt, seed_mongo
 
     assert bench.COLLECTIONS == bench_dlt.COLLECTIONS == seed_mongo.COLLECTIONS
+
+
+def test_a_long_run_s_memory_samples_are_downsampled_keeping_the_peak():
+    """A run longer than 1,500 samples (5 min at 0.2 s): to_json's JSON round trip turns the
+    (time, rss) pairs into lists; the downsampling keeps the peak and the last sample."""
+    samples = [(i * 0.2, 100 + (i == 2_345) * 900) for i in range(4_000)]
+    run = {"wall_seconds": 800.0, "memory_samples": samples}
+    out = bench.to_json({"systems": {"ours": {"runs": [run], "median": run}}})
+    kept = out["systems"]["ours"]["runs"][0]["memory_samples"]
+    assert len(kept) <= 1_502 and (2_345 * 0.2, 1000) in kept and kept[-1] == samples[-1]
