@@ -156,10 +156,48 @@ def _change_log(cfg: RunConfig, table: Table) -> tuple[dict, dict | None]:
     return {"row_key": row_key, "log_changes": q("log_changes")}, {"run_id": cfg.run_id, "table": table.name}
 
 
+def _secondary(table: str) -> tuple[list, list]:
+    """A table's declared indexes and its unique and foreign-key constraints (not its primary
+    key, which other tables' foreign keys need), foreign keys ordered by the table they
+    reference: loads running side by side then lock referenced tables in one order."""
+    indexes = [i for i in sqlfiles.declared_indexes() if i.table == table]
+    constraints = [c for c in sqlfiles.declared_constraints() if c.table == table and c.kind in ("u", "f")]
+    return indexes, sorted(constraints, key=lambda c: (c.kind == "f", c.ref_table or "", c.name))
+
+
+def _insert_into_empty(conn, cfg: RunConfig, table: Table, stg: str) -> int | None:
+    """The first full load of a table: when it is empty, drop its secondary indexes and
+    constraints, INSERT every staged row, then build them again (one sort per index, one
+    set-based check per foreign key instead of index maintenance and a trigger per row), all in
+    the load's transaction: a failure (a duplicate, a dangling reference) rolls it back as
+    before, and no reader ever sees the table without them. None when the table has rows."""
+    if not conn.execute(q("table_is_empty", target=table.name)).fetchone()[0]:
+        return None
+    indexes, constraints = _secondary(table.name)
+    for c in reversed(constraints):
+        conn.execute(q("constraint_drop", target=table.name, constraint=c.name))
+    for i in indexes:
+        conn.execute(q("index_drop", schema=cfg.target_schema, index=i.name))
+    log_parts, params = _change_log(cfg, table)
+    inserted = conn.execute(q("merge_insert_empty", target=table.name, staging=stg, columns=table.column_names,
+                              **log_parts), params).fetchone()[0]
+    for i in indexes:
+        conn.execute(i.statement)
+    for c in constraints:
+        conn.execute(c.statement)
+    log.info("load %s: the table was empty: %d rows inserted in bulk, then %d indexes and %d constraints built",
+             table.name, inserted, len(indexes), len(constraints))
+    return inserted
+
+
 def merge_table(conn, cfg: RunConfig, table: Table, staging: dict[str, str], incremental: bool = False
                 ) -> dict[str, int]:
     target, stg = table.name, staging[table.name]
     cols = table.column_names
+    if table.sync in ("mirror", "children") and not incremental:
+        inserted = _insert_into_empty(conn, cfg, table, stg)
+        if inserted is not None:
+            return {"inserted": inserted, "updated": 0, "deleted": 0}
     if table.sync == "mirror":
         log_parts, params = _change_log(cfg, table)
         if incremental:
