@@ -187,9 +187,36 @@ class Databases:
 # the floor and the naive way (run as `python -m tools.bench _floor|_naive`, measured from outside)
 # --------------------------------------------------------------------------------------------
 
+def _copy_raw_collections(pg: str, out_path: str, documents) -> None:
+    """For each collection, ``documents(name)`` (raw BSON documents, RawBSONDocument) COPYed
+    untouched into a one-column bytea table (binary COPY); the counts go to ``out_path``."""
+    import psycopg
+
+    started = time.monotonic()
+    per: dict[str, dict] = {}
+    with psycopg.connect(pg) as conn:
+        for name in COLLECTIONS:
+            t0 = time.monotonic()
+            table = f"floor_{name.lower()}"
+            conn.execute(f"CREATE TABLE {table} (doc bytea)")
+            docs = size = 0
+            with conn.cursor() as cur, cur.copy(f"COPY {table} (doc) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["bytea"])
+                for doc in documents(name):
+                    raw = doc.raw
+                    copy.write_row((raw,))
+                    docs += 1
+                    size += len(raw)
+            conn.commit()
+            per[name] = {"documents": docs, "bson_bytes": size, "seconds": round(time.monotonic() - t0, 3)}
+    out = {"collections": per, "documents_total": sum(p["documents"] for p in per.values()),
+           "bson_bytes_total": sum(p["bson_bytes"] for p in per.values()),
+           "seconds_in_script": round(time.monotonic() - started, 3)}
+    Path(out_path).write_text(json.dumps(out, indent=2))
+
+
 def floor_main(argv: list[str]) -> int:
     """Stream raw BSON with pymongo and COPY it, untouched, into one-column bytea tables."""
-    import psycopg
     import pymongo
     from bson.codec_options import CodecOptions
     from bson.raw_bson import RawBSONDocument
@@ -201,39 +228,19 @@ def floor_main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--batch-size", type=int, default=10_000)
     args = parser.parse_args(argv)
-    started = time.monotonic()
-    client = pymongo.MongoClient(args.mongo)
-    db = client[args.db]
-    per: dict[str, dict] = {}
-    with psycopg.connect(args.pg) as conn:
-        for name in COLLECTIONS:
-            t0 = time.monotonic()
-            coll = db.get_collection(name, codec_options=CodecOptions(document_class=RawBSONDocument))
-            table = f"floor_{name.lower()}"
-            conn.execute(f"CREATE TABLE {table} (doc bytea)")
-            docs = size = 0
-            with conn.cursor() as cur, cur.copy(f"COPY {table} (doc) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["bytea"])
-                for doc in coll.find({}, batch_size=args.batch_size):
-                    raw = doc.raw
-                    copy.write_row((raw,))
-                    docs += 1
-                    size += len(raw)
-            conn.commit()
-            per[name] = {"documents": docs, "bson_bytes": size, "seconds": round(time.monotonic() - t0, 3)}
-    client.close()
-    out = {"collections": per, "documents_total": sum(p["documents"] for p in per.values()),
-           "bson_bytes_total": sum(p["bson_bytes"] for p in per.values()),
-           "seconds_in_script": round(time.monotonic() - started, 3)}
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    with pymongo.MongoClient(args.mongo) as client:
+        db = client[args.db]
+        options = CodecOptions(document_class=RawBSONDocument)
+        _copy_raw_collections(args.pg, args.out, lambda name: db.get_collection(name, codec_options=options).find(
+            {}, batch_size=args.batch_size))
     return 0
 
 
 def floor_files_main(argv: list[str]) -> int:
-    """Read each collection's mongodump .bson file, split it into raw documents and COPY them,
-    untouched, into one-column bytea tables."""
+    """Read each collection's mongodump .bson file, split it into raw documents (the bson C
+    extension walks and checks each length prefix) and COPY them, untouched, into one-column
+    bytea tables."""
     import bson
-    import psycopg
     from bson.codec_options import CodecOptions
     from bson.raw_bson import RawBSONDocument
 
@@ -242,29 +249,13 @@ def floor_files_main(argv: list[str]) -> int:
     parser.add_argument("--pg", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-    started = time.monotonic()
     options = CodecOptions(document_class=RawBSONDocument)
-    per: dict[str, dict] = {}
-    with psycopg.connect(args.pg) as conn:
-        for name in COLLECTIONS:
-            t0 = time.monotonic()
-            table = f"floor_{name.lower()}"
-            conn.execute(f"CREATE TABLE {table} (doc bytea)")
-            docs = size = 0
-            with open(Path(args.dump) / f"{name}.bson", "rb", buffering=1 << 20) as fh, conn.cursor() as cur, \
-                    cur.copy(f"COPY {table} (doc) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["bytea"])
-                for doc in bson.decode_file_iter(fh, options):
-                    raw = doc.raw
-                    copy.write_row((raw,))
-                    docs += 1
-                    size += len(raw)
-            conn.commit()
-            per[name] = {"documents": docs, "bson_bytes": size, "seconds": round(time.monotonic() - t0, 3)}
-    out = {"collections": per, "documents_total": sum(p["documents"] for p in per.values()),
-           "bson_bytes_total": sum(p["bson_bytes"] for p in per.values()),
-           "seconds_in_script": round(time.monotonic() - started, 3)}
-    Path(args.out).write_text(json.dumps(out, indent=2))
+
+    def documents(name: str):
+        with open(Path(args.dump) / f"{name}.bson", "rb", buffering=1 << 20) as fh:
+            yield from bson.decode_file_iter(fh, options)
+
+    _copy_raw_collections(args.pg, args.out, documents)
     return 0
 
 
@@ -680,19 +671,6 @@ class Bench:
         self.log(f"dumped the source to {dump}: {size / MIB:,.0f} MiB of .bson in {time.monotonic() - t0:.1f}s")
         return dump
 
-    def run_floor_files(self, i: int, dump: Path) -> dict:
-        db = self.dbs.create("floorfiles", i)
-        out = self.work / f"floor-files-{i}.json"
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        m = run_measured([sys.executable, "-m", "tools.bench", "_floor_files", "--dump", str(dump),
-                          "--pg", self.dbs.uri(db), "--out", str(out)], env, self.work / f"floor-files-{i}.log",
-                         self.args.timeout)
-        if m["returncode"] != 0:
-            return {**m, "error": f"file floor failed ({m['returncode']}):\n{_tail(m['log'])}"}
-        detail = json.loads(out.read_text())
-        return {**m, **detail, "database_bytes": self.dbs.size(db),
-                "docs_per_second": round(detail["documents_total"] / m["wall_seconds"], 1)}
-
     def airflow_db(self) -> None:
         airflow = Path(sys.executable).with_name("airflow")
         env = airflow_env(self.work, self.mongo.port, None, None)
@@ -702,15 +680,17 @@ class Bench:
         self.log(f"airflow db migrate: {time.monotonic() - t0:.1f}s (not timed)")
 
     # -- systems ---------------------------------------------------------------------------
-    def run_floor(self, i: int) -> dict:
-        db = self.dbs.create("floor", i)
-        out = self.work / f"floor-{i}.json"
+    def run_floor(self, i: int, dump: Path | None = None) -> dict:
+        """The floor from the live source, or (``dump``) from its .bson files."""
+        label = "floor" if dump is None else "floor-files"
+        db = self.dbs.create(label.replace("-", ""), i)
+        out = self.work / f"{label}-{i}.json"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        m = run_measured([sys.executable, "-m", "tools.bench", "_floor", "--mongo", self.mongo.uri,
-                          "--pg", self.dbs.uri(db), "--out", str(out)], env, self.work / f"floor-{i}.log",
-                         self.args.timeout)
+        source = ["_floor", "--mongo", self.mongo.uri] if dump is None else ["_floor_files", "--dump", str(dump)]
+        m = run_measured([sys.executable, "-m", "tools.bench", *source, "--pg", self.dbs.uri(db), "--out", str(out)],
+                         env, self.work / f"{label}-{i}.log", self.args.timeout)
         if m["returncode"] != 0:
-            return {**m, "error": f"floor failed ({m['returncode']}):\n{_tail(m['log'])}"}
+            return {**m, "error": f"{label} failed ({m['returncode']}):\n{_tail(m['log'])}"}
         detail = json.loads(out.read_text())
         return {**m, **detail, "database_bytes": self.dbs.size(db),
                 "docs_per_second": round(detail["documents_total"] / m["wall_seconds"], 1)}
@@ -870,7 +850,7 @@ class Bench:
                 systems["ours"] = self.repeat("ours", self.run_ours)
             if "files" not in args.skip:
                 dump = self.dump_source()
-                systems["floor_files"] = self.repeat("floor_files", lambda i: self.run_floor_files(i, dump))
+                systems["floor_files"] = self.repeat("floor_files", lambda i: self.run_floor(i, dump=dump))
                 systems["ours_files"] = self.repeat("ours_files", lambda i: self.run_ours(i, dump=dump))
             if "naive" not in args.skip:
                 systems["naive"] = self.repeat("naive", self.run_naive)
