@@ -43,8 +43,18 @@ def test_a_bson_dump_migrates_like_the_live_source_and_a_cut_document_is_one_mor
     report = migration.sql("SELECT report FROM authmigrate.runs WHERE run_id = %s", (dr.run_id,))[0][0]
     assert "[ok] reconcile users documents: exported 11 = transformed 11 = loaded 6 + rejected 5" in report
 
+    # every other format of the same documents: the same target tables and the same rejects
+    base = migration.schema
+    for i, fmt in enumerate(["bson.gz", "archive", "jsonl", "jsonarray"]):
+        folder = tmp_path / fmt.replace(".", "_")
+        (path,) = [p for p in write(documents(), folder, fmt) if fmt == "archive"] or [folder]
+        migration.schema = f"{base}_{i}"
+        dr = migration.run(target_schema=migration.schema, source="files", source_path=str(path))
+        assert migration.snapshot(with_synced_at=False) == live, fmt
+        assert reject_counts(migration, dr.run_id) == EXPECTED_REJECTS, fmt
 
-@pytest.mark.parametrize("fmt", ["bson.gz", "archive", "jsonl", "jsonarray"])
+
+@pytest.mark.parametrize("fmt", ["bson.gz", "archive", "jsonl", "jsonarray", "memory"])
 def test_every_file_format_exports_the_documents_the_bson_file_does(migration, tmp_path, monkeypatch, fmt):
     from authmigrate.config import RunConfig
     from authmigrate.export import combine, export_chunk, plan_chunks
@@ -66,6 +76,20 @@ def test_every_file_format_exports_the_documents_the_bson_file_does(migration, t
     write(data, tmp_path / "bson", "bson")
     reference = exported(tmp_path / "bson", tmp_path / "bson", "ref")
     assert {k: len(v) for k, v in reference.items()} == {k: len(v) for k, v in data.items()}
+    if fmt == "memory":  # a second fsspec scheme, read through ObjectStoragePath like s3:// or gs://
+        import fsspec
+        from airflow.sdk.io import attach
+
+        memory = fsspec.filesystem("memory")
+        attach("memory", fs=memory)  # no provider registers memory://: an fsspec filesystem attached by hand
+        for f in (tmp_path / "bson").iterdir():
+            memory.pipe(f"/dumps/{f.name}", f.read_bytes())
+        monkeypatch.setenv("AUTHMIGRATE_SOURCE_ROOTS", "memory://dumps")
+        try:
+            assert exported(None, "memory://dumps", fmt) == reference
+        finally:
+            memory.rm("/dumps", recursive=True)
+        return
     folder = tmp_path / fmt
     (path,) = [p for p in write(data, folder, fmt) if fmt == "archive"] or [folder]
     assert exported(folder, path, fmt) == reference
