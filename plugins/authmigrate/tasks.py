@@ -11,7 +11,7 @@ import logging
 import time
 
 from authmigrate.config import RunConfig
-from authmigrate.registry import COLLECTIONS
+from authmigrate.registry import COLLECTIONS, SOURCES
 
 log = logging.getLogger("authmigrate")
 
@@ -169,9 +169,14 @@ def transform(collection: str) -> dict:
     from authmigrate.transform_task import transform_collection
 
     ti = ctx["ti"]
-    upstream = {dep: ti.xcom_pull(task_ids=f"{dep}.transform") if dep in cfg.collections else None
-                for dep in COLLECTIONS[collection].depends_on}
-    return transform_collection(cfg, collection, exported(ti, collection), upstream)
+    return transform_collection(cfg, collection, exported(ti, collection), _upstream(ti, cfg, collection))
+
+
+def _upstream(ti, cfg: RunConfig, source: str) -> dict[str, dict | None]:
+    """The transforms of the collections a source's declaration depends on (None for one this
+    run does not migrate)."""
+    return {dep: ti.xcom_pull(task_ids=f"{dep}.transform") if dep in cfg.collections else None
+            for dep in SOURCES[source].depends_on}
 
 
 @_task(renew=False)  # held() renews
@@ -244,12 +249,9 @@ def sessions_transform() -> dict:
     ctx, cfg = _context()
     _require_sessions(cfg)
     from authmigrate.collections.sessions import transform_task
-    from authmigrate.registry import SESSIONS_SOURCE
 
     ti = ctx["ti"]
-    upstream = {dep: ti.xcom_pull(task_ids=f"{dep}.transform") if dep in cfg.collections else None
-                for dep in SESSIONS_SOURCE.depends_on}
-    return transform_task(cfg, ti.xcom_pull(task_ids="sessions.export"), upstream)
+    return transform_task(cfg, ti.xcom_pull(task_ids="sessions.export"), _upstream(ti, cfg, "sessions"))
 
 
 @_task(renew=False)  # held() renews

@@ -84,7 +84,7 @@ def export_sessions(cfg: RunConfig) -> dict:
     progress.log(final=True)
     table = pa.Table.from_pylist([dict(zip(EXPORT_SCHEMA.names, (*r, read_at))) for r in rows], schema=EXPORT_SCHEMA)
     out = write_table(table, collection_dir(cfg, SOURCE, "export") / "sessions.parquet")
-    return {"path": str(out), "documents": len(rows), "read_at": read_at}
+    return {"path": str(out), "documents": len(rows)}  # the read time travels in the frame
 
 
 # --------------------------------------------------------------------------- transform (pure)
@@ -197,10 +197,11 @@ def transform_task(cfg: RunConfig, exported: dict, upstream: dict[str, dict | No
     known = {dep: _keys(cfg, dep, upstream.get(dep)) for dep in SESSIONS_SOURCE.depends_on}
     result = transform_source(SOURCE, frame, known)
     out = collection_dir(cfg, SOURCE, "transform")
-    tables = {"sessions": str(write_frame(result.tables["sessions"], out / "sessions.parquet"))}
+    table = SESSIONS_SOURCE.table
+    tables = {table: str(write_frame(result.tables[table], out / f"{table}.parquet"))}
     rejects = str(write_frame(result.rejects, out / "rejects.parquet"))
     log.info("transform sessions: %d keys → %d rows, %d rejected, %d expired while reading; by reason %s",
-             result.counts["source_documents"], result.counts["rows"]["sessions"],
+             result.counts["source_documents"], result.counts["rows"][table],
              result.counts["rejected_documents"], result.counts["expired_during_read"],
              result.counts["rejects_by_reason"])
     return {"path": str(out), "tables": tables, "rejects": rejects, "extras": {}, "counts": result.counts}
