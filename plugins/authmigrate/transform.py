@@ -465,10 +465,7 @@ def _coerce(docs: pd.DataFrame, rules: dict[str, tuple[str, Callable]]) -> tuple
     columns = {col: docs[src].tolist() for col, (src, _) in rules.items()}
     fast: dict[str, np.ndarray] = {}
     slow = np.fromiter((i is None or "\x00" in i for i in ids), dtype=bool, count=n)
-    for col, (_, fn) in rules.items():
-        if getattr(fn, "fast", None) is None:
-            slow[:] = True
-            break
+    for col, (_, fn) in rules.items():  # every coercer above has its fast path
         fast[col], column_slow = fn.fast(columns[col])
         slow |= column_slow
     rejects: list[dict] = []
@@ -491,7 +488,7 @@ def _coerce(docs: pd.DataFrame, rules: dict[str, tuple[str, Callable]]) -> tuple
         keep = np.sort(np.concatenate([keep, np.fromiter(accepted_slow, dtype=np.int64, count=len(accepted_slow))]))
     out = {}
     for j, (col, _, _) in enumerate(items):
-        values = fast[col] if col in fast else np.empty(n, dtype=object)
+        values = fast[col]
         for i, row in accepted_slow.items():
             values[i] = row[j]
         out[col] = pd.Series(values[keep], dtype=object)
