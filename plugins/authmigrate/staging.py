@@ -28,8 +28,12 @@ def collection_dir(cfg: RunConfig, collection: str, stage: str) -> Path:
     owner-only (mkdir's mode does not apply to the parents it creates)."""
     root = staging_root()
     if not root.exists():  # ours to create; an existing (maybe shared) root is left as it is
-        root.mkdir(parents=True, mode=0o700)
-        os.chmod(root, 0o700)
+        try:
+            root.mkdir(parents=True, mode=0o700)
+        except FileExistsError:  # a task running beside this one created it meanwhile (and sets its mode)
+            pass
+        else:
+            os.chmod(root, 0o700)
     path = cfg.staging_dir() / collection / stage
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     for p in [q for q in path.parents if root in q.parents] + [path]:

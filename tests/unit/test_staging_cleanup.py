@@ -51,3 +51,24 @@ def test_a_file_written_after_the_lock_anywhere_in_the_tree_keeps_the_folder(tmp
     assert remove_stale(me, LOCK_TAKEN_AT) == []
     assert remove_stale(me, None) == [], "without the lock's time nothing is judged stale"
     assert busy.staging_dir().exists()
+
+
+def test_two_tasks_creating_the_staging_root_at_once_both_succeed(tmp_path, monkeypatch):
+    """Tasks run side by side (LocalExecutor): both may find the root missing, and the second
+    mkdir finds it made. That is not a failure (it cost a retry of users.export in the e2e run)."""
+    from pathlib import Path
+
+    root = tmp_path / "staging"
+    monkeypatch.setenv("AUTHMIGRATE_STAGING_DIR", str(root))
+    real_exists = Path.exists
+
+    def exists_but_the_other_task_wins(path):
+        if path == root and not real_exists(path):
+            root.mkdir(mode=0o700)  # the other task's mkdir, between our check and ours
+            return False
+        return real_exists(path)
+
+    monkeypatch.setattr(Path, "exists", exists_but_the_other_task_wins)
+    cfg = RunConfig.from_params({"target_schema": "public"}, "side-by-side")
+    folder = collection_dir(cfg, "users", "export")
+    assert folder.is_dir() and oct(folder.stat().st_mode & 0o777) == "0o700"
