@@ -2,33 +2,110 @@
 unchanged, then a closing summary, so that the last lines say how the run ended and, for a failed
 run, which task failed, why, and what to do (the lines the tasks log with ``FAILURE_MARK``).
 
+Tasks run side by side: ``--executor local`` (the default; ``AUTHMIGRATE_EXECUTOR``) runs the
+DAG with ``--use-executor`` under LocalExecutor, ``AUTHMIGRATE_PARALLELISM`` tasks at once
+(default: the machine's cores), each task a process of its own that reports to an execution API
+server this command starts on a free local port and stops at the end. ``--executor none`` runs
+one task at a time inside the airflow process (``airflow dags test`` without an executor).
+
 The exit code is airflow's: 0 when the run succeeded, non-zero otherwise. This process dies with
-its parent and the airflow process with this one (PR_SET_PDEATHSIG), so killing `make migrate`
-never leaves a run behind that keeps renewing the migration lock.
+its parent, and the airflow process, the API server and every task process with theirs
+(PR_SET_PDEATHSIG), so killing `make migrate` never leaves a run behind that keeps renewing the
+migration lock.
 
     python -m tools.migrate --conf '{"dry_run": true}'
 """
 from __future__ import annotations
 
 import argparse
-import ctypes
+import contextlib
 import json
+import os
 import re
+import secrets
 import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 from authmigrate.config import DAG_ID
-from authmigrate.tasks import FAILURE_MARK
+from authmigrate.tasks import FAILURE_MARK, die_with_parent
 
 _LOG_TAIL = re.compile(r"\s+\[authmigrate\](\s+\S+=\S+)*\s*$")  # structlog's "[logger] loc=..." suffix
 _FINISHED = re.compile(r"DagRun Finished: .*?run_id=(?P<run_id>[^,]+),.*?state=(?P<state>\w+)")
 
 
-def _die_with_parent() -> None:  # in this process, and in the airflow child between fork and exec
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+EXECUTORS = ("local", "none")
+API_START_TIMEOUT = 180  # seconds for the execution API server to answer its health check
+
+
+def parallelism() -> int:
+    """Tasks at once under ``--executor local``: AUTHMIGRATE_PARALLELISM, else the machine's cores."""
+    raw = os.environ.get("AUTHMIGRATE_PARALLELISM", "").strip()
+    if not raw:
+        return max(1, len(os.sched_getaffinity(0)))
+    if not raw.isdigit() or int(raw) < 1:
+        raise SystemExit(f"AUTHMIGRATE_PARALLELISM must be a positive integer, got {raw!r}")
+    return int(raw)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def executor_env(env: dict[str, str], port: int, tasks: int) -> dict[str, str]:
+    """The environment of the API server and of `airflow dags test --use-executor`: LocalExecutor,
+    ``tasks`` at once, tasks reporting to the API server on ``port``; both sign and check the
+    tasks' tokens with one secret (a fresh one unless the environment sets it)."""
+    return {**env, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__PARALLELISM": str(tasks),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__API_AUTH__JWT_SECRET": env.get("AIRFLOW__API_AUTH__JWT_SECRET") or secrets.token_urlsafe(32)}
+
+
+@contextlib.contextmanager
+def execution_api(airflow: str, env: dict[str, str], port: int, log_path: Path, timeout: float = API_START_TIMEOUT):
+    """An `airflow api-server --apps execution` on 127.0.0.1:``port`` while the block runs."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([airflow, "api-server", "--apps", "execution", "--host", "127.0.0.1",
+                                 "--port", str(port), "--workers", "1"], env=env, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the execution API server exited with code {proc.returncode} before it "
+                                   f"answered; its log: {log_path}\n{_tail(log_path)}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/execution/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the execution API server did not answer on port {port} within {timeout:.0f}s; "
+                                   f"its log: {log_path}\n{_tail(log_path)}")
+            time.sleep(0.3)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def summary(lines, returncode: int) -> list[str]:
@@ -53,19 +130,37 @@ def summary(lines, returncode: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _die_with_parent()  # killing `make migrate` (make, then this) ends the whole run
+    die_with_parent()  # killing `make migrate` (make, then this) ends the whole run
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conf", default="{}", help="the run's params as JSON")
     parser.add_argument("--airflow", default=str(Path(sys.executable).with_name("airflow")))
+    parser.add_argument("--executor", choices=EXECUTORS, default=os.environ.get("AUTHMIGRATE_EXECUTOR") or "local",
+                        help="local: tasks side by side under LocalExecutor (default); none: one at a time, in-process")
     args = parser.parse_args(argv)
     try:
         json.loads(args.conf)
     except ValueError as exc:
         print(f"CONF is not valid JSON ({exc}): {args.conf!r}", file=sys.stderr)
         return 2
-    proc = subprocess.Popen([args.airflow, "dags", "test", DAG_ID, "--conf", args.conf], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
-                            preexec_fn=_die_with_parent)
+    command = [args.airflow, "dags", "test", DAG_ID, "--conf", args.conf]
+    if args.executor == "none":
+        return _run(command, dict(os.environ))
+    tasks, port = parallelism(), _free_port()
+    env = executor_env(dict(os.environ), port, tasks)
+    home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
+    print(f"authmigrate: LocalExecutor, {tasks} tasks at once; execution API on 127.0.0.1:{port}", flush=True)
+    try:
+        with execution_api(args.airflow, env, port, home / "logs" / "migrate-execution-api.log"):
+            return _run([*command, "--use-executor"], env)
+    except RuntimeError as exc:
+        print(f"authmigrate: {exc}\nWhat to do: see that log; `--executor none` (AUTHMIGRATE_EXECUTOR=none) runs "
+              f"the DAG without the API server, one task at a time", file=sys.stderr, flush=True)
+        return 3
+
+
+def _run(command: list[str], env: dict[str, str]) -> int:
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", bufsize=1, preexec_fn=die_with_parent)
     kept = []  # only what the summary reads
     for line in proc.stdout:
         sys.stdout.write(line)

@@ -35,6 +35,7 @@ def _task(fn=None, *, timed: bool = True, renew: bool = True):
     def wrapper(*args, **kwargs):
         from authmigrate.config import Permanent
 
+        die_with_parent()
         try:
             with _renewing() if renew else contextlib.nullcontext():
                 return (_timed(fn) if timed else fn)(*args, **kwargs)
@@ -42,6 +43,20 @@ def _task(fn=None, *, timed: bool = True, renew: bool = True):
             _fail(exc)
 
     return wrapper
+
+
+def die_with_parent() -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux). Under an executor the
+    task runs in a process of its own, in a process group of its own, forked by Airflow's
+    supervisor: killing `make migrate` (or a worker) kills the supervisor, and without this the
+    task would go on, holding its transaction and renewing the migration lock that the next
+    run waits for."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _timed(fn):
