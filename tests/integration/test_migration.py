@@ -229,7 +229,8 @@ def test_make_migrate_fails_a_too_dirty_source_at_once_and_its_last_lines_say_wh
     ended = time.time()
     out = (tmp_path / "migrate.log").read_text()
     assert proc.returncode != 0, out[-3000:]
-    started = re.search(r"^(\S+) \[info\s*\] \[DAG TEST\] starting task_id=validate ", out, re.M)
+    # the validate task's first line (tasks run under LocalExecutor; their lines carry task_id=...)
+    started = re.search(r"^(\d{4}-\d\d-\d\d[T ][\d:.]+(?:Z|\+00:00)) .*\btask_id=validate\b", out, re.M)
     assert started, out[-3000:]
     assert ended - datetime.fromisoformat(started[1].replace("Z", "+00:00")).timestamp() < 60
     last = out.strip().splitlines()[-4:]

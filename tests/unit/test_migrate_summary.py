@@ -1,4 +1,4 @@
-"""`make migrate`'s closing lines (tools.migrate.summary) from the lines a run logged."""
+"""`make migrate` (tools.migrate): its closing lines from the lines a run logged, and its executor settings."""
 from __future__ import annotations
 
 from authmigrate.tasks import FAILURE_MARK
@@ -34,3 +34,32 @@ def test_a_run_that_reported_nothing_says_so_and_a_passing_run_points_at_the_rep
     passed = summary([FINISHED.format(state="success")], 0)
     assert passed[1] == "==== authmigrate: run manual__1 SUCCESS (airflow exit code 0) ===="
     assert "authmigrate.runs" in passed[2]
+
+
+def test_tasks_at_once_default_to_the_cores_and_a_bad_setting_is_refused(monkeypatch):
+    import os
+
+    import pytest
+
+    from tools import migrate
+
+    monkeypatch.delenv("AUTHMIGRATE_PARALLELISM", raising=False)
+    assert migrate.parallelism() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("AUTHMIGRATE_PARALLELISM", "3")
+    assert migrate.parallelism() == 3
+    for bad in ("0", "-1", "two"):
+        monkeypatch.setenv("AUTHMIGRATE_PARALLELISM", bad)
+        with pytest.raises(SystemExit, match="AUTHMIGRATE_PARALLELISM must be a positive integer"):
+            migrate.parallelism()
+
+
+def test_the_executor_environment_points_tasks_at_the_api_server_and_shares_one_secret():
+    from tools import migrate
+
+    env = migrate.executor_env({"PATH": "/bin"}, 41234, 2)
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor" and env["AIRFLOW__CORE__PARALLELISM"] == "2"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:41234/execution/"
+    assert len(env["AIRFLOW__API_AUTH__JWT_SECRET"]) >= 32 and env["PATH"] == "/bin"
+    assert migrate.executor_env({}, 1, 1)["AIRFLOW__API_AUTH__JWT_SECRET"] != env["AIRFLOW__API_AUTH__JWT_SECRET"]
+    assert migrate.executor_env({"AIRFLOW__API_AUTH__JWT_SECRET": "kept"}, 1, 1)["AIRFLOW__API_AUTH__JWT_SECRET"] \
+        == "kept"  # a deployment's own secret is used as it is
