@@ -2,13 +2,12 @@
 unchanged, then a closing summary, so that the last lines say how the run ended and, for a failed
 run, which task failed, why, and what to do (the lines the tasks log with ``FAILURE_MARK``).
 
-``--executor none`` (the default; ``AUTHMIGRATE_EXECUTOR``) runs one task at a time inside the
-airflow process (``airflow dags test`` without an executor). ``--executor local`` runs tasks side
-by side: ``--use-executor`` under LocalExecutor, ``AUTHMIGRATE_PARALLELISM`` tasks at once
-(default: the machine's cores), each task a process of its own that reports to an execution API
-server this command starts on a free local port and stops at the end. It is not the default yet:
-a SIGKILL of the whole command in the middle of a load has been seen to let that load commit
-under LocalExecutor (docs/performance.md), which the in-process run never does.
+``--executor local`` (the default; ``AUTHMIGRATE_EXECUTOR``) runs tasks side by side:
+``airflow dags test --use-executor`` under LocalExecutor, ``AUTHMIGRATE_PARALLELISM`` tasks at
+once (default: the machine's cores), each task a process of its own that reports to an execution
+API server this command starts on a free local port and stops at the end. ``--executor none``
+runs one task at a time inside the airflow process (``airflow dags test`` without an executor):
+no API server, one process.
 
 The exit code is airflow's: 0 when the run succeeded, non-zero otherwise. This process dies with
 its parent, and the airflow process, the API server and every task process with theirs
@@ -136,9 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--conf", default="{}", help="the run's params as JSON")
     parser.add_argument("--airflow", default=str(Path(sys.executable).with_name("airflow")))
-    parser.add_argument("--executor", choices=EXECUTORS, default=os.environ.get("AUTHMIGRATE_EXECUTOR") or "none",
-                        help="none: one task at a time, in-process (default); local: tasks side by side under "
-                             "LocalExecutor")
+    parser.add_argument("--executor", choices=EXECUTORS, default=os.environ.get("AUTHMIGRATE_EXECUTOR") or "local",
+                        help="local: tasks side by side under LocalExecutor (default); none: one task at a time, "
+                             "in-process")
     args = parser.parse_args(argv)
     try:
         json.loads(args.conf)
@@ -156,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         with execution_api(args.airflow, env, port, home / "logs" / "migrate-execution-api.log"):
             return _run([*command, "--use-executor"], env)
     except RuntimeError as exc:
-        print(f"authmigrate: {exc}\nWhat to do: see that log; without AUTHMIGRATE_EXECUTOR=local the DAG runs "
+        print(f"authmigrate: {exc}\nWhat to do: see that log; AUTHMIGRATE_EXECUTOR=none runs the DAG "
               f"without the API server, one task at a time", file=sys.stderr, flush=True)
         return 3
 

@@ -318,27 +318,50 @@ def catalog_fingerprint(pg_uri: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- the DAG in its own process
-def dag_subprocess(conf: dict, log_path: Path):
+def dag_subprocess(conf: dict, log_path: Path, executor: str | None = None):
     """Start `python -m tools.migrate --conf CONF` (what `make migrate` runs) in a new session
     (its own process group, so a SIGKILL reaches every process it started). Same environment
-    as the tests."""
+    as the tests. ``executor``: its ``--executor`` (default: the command's own default)."""
     import subprocess
 
     env = os.environ.copy()
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "plugins"), str(ROOT), env.get("PYTHONPATH", "")])
     log = open(log_path, "wb")  # noqa: SIM115 - closed by the caller through proc.log
-    proc = subprocess.Popen([sys.executable, "-m", "tools.migrate", "--conf", json.dumps(conf)],
+    proc = subprocess.Popen([sys.executable, "-m", "tools.migrate", "--conf", json.dumps(conf),
+                             *(["--executor", executor] if executor else [])],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     proc.log = log
     return proc
 
 
-def kill_process_group(proc) -> None:
-    """SIGKILL the process started by dag_subprocess and everything in its process group."""
+def kill_process_group(proc, timeout: float = 30) -> None:
+    """SIGKILL the process started by dag_subprocess and everything in its process group, and
+    return only once every process it had started is gone: under LocalExecutor the task processes
+    are in process groups of their own and die through PR_SET_PDEATHSIG when their supervisor
+    does, a few milliseconds later. A caller that released a lock before then would let a task
+    that is still alive finish its transaction (a kill that comes just before a commit)."""
+    import psutil
+
+    try:
+        started = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        started = []
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     proc.log.close()
+
+    def alive(p) -> bool:
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + timeout
+    while left := [p for p in started if alive(p)]:
+        assert time.monotonic() < deadline, \
+            f"processes of the killed run still alive {timeout:.0f}s after the kill: {[p.pid for p in left]}"
+        time.sleep(0.05)
 
 
 # --------------------------------------------------------------------------- fixtures

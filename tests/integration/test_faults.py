@@ -199,8 +199,10 @@ def test_postgres_session_terminated_mid_load_leaves_target_unchanged_until_retr
 
 
 def test_migrate_sigkilled_mid_load_then_an_immediate_rerun_converges(migration, reference, monkeypatch, tmp_path):
-    """`make migrate`'s process group (tools.migrate and its `airflow dags test`, tasks in-process)
-    is SIGKILLed while the users load is in the middle of its merge: nothing of it is visible, no
+    """`make migrate`'s process group (tools.migrate, its `airflow dags test`, the LocalExecutor
+    workers and the execution API server; the task processes, in groups of their own, die with
+    their supervisors) is SIGKILLed while the users load is in the middle of its merge: once every
+    process of the run is gone and the locked row released, nothing of the load is visible, no
     staging table is left. A new run started at once, while the dead run's lock is still there,
     needs no manual step: its prepare waits out the lock nobody renews any more and takes it; the
     target then equals a clean run's, and the dead run's staging files are removed."""
@@ -230,6 +232,7 @@ def test_migrate_sigkilled_mid_load_then_an_immediate_rerun_converges(migration,
             kill_process_group(proc)
             killed_at = time.monotonic()
         assert proc.returncode == -signal.SIGKILL
+    assert "authmigrate: LocalExecutor" in (tmp_path / "killed-run.log").read_text(), "not make migrate's default"
     assert dead_lock, "the killed run held the migration lock"
     # lock released: the orphaned backend finishes its statement, finds its client gone, rolls back
     wait_for(lambda: not backend_alive(migration.pg_uri, pid), 30, "the killed process's backend to end")

@@ -208,10 +208,12 @@ def test_invalid_params_are_refused_before_anything_runs(dag):
         dag.test(run_conf={"target_schema": 'public"; DROP TABLE users; --'})
 
 
-def test_make_migrate_fails_a_too_dirty_source_at_once_and_its_last_lines_say_why(migration, tmp_path):
-    """`make migrate` (tools.migrate): the reject ratio over the limit fails validate on its first
-    try; the command exits non-zero soon after validate started, its closing lines naming the
-    ratio and what to do. (Retries are on in the tests, with tiny delays: a retry would show.)"""
+@pytest.mark.parametrize("executor", ["local", "none"])
+def test_make_migrate_fails_a_too_dirty_source_at_once_and_its_last_lines_say_why(migration, tmp_path, executor):
+    """`make migrate` (tools.migrate), under LocalExecutor (its default) and in-process: the reject
+    ratio over the limit fails validate on its first try; the command exits non-zero soon after
+    validate started, its closing lines naming the ratio and what to do. (Retries are on in the
+    tests, with tiny delays: a retry would show.)"""
     import re
     import time
     from datetime import datetime
@@ -221,7 +223,7 @@ def test_make_migrate_fails_a_too_dirty_source_at_once_and_its_last_lines_say_wh
     migration.seed(documents())
     conf = {**migration.dag.authmigrate_defaults, "target_schema": migration.schema, "max_reject_ratio": 0.01,
             "sessions": False}
-    proc = dag_subprocess(conf, tmp_path / "migrate.log")
+    proc = dag_subprocess(conf, tmp_path / "migrate.log", executor)
     try:
         proc.wait(timeout=300)
     finally:
@@ -229,7 +231,8 @@ def test_make_migrate_fails_a_too_dirty_source_at_once_and_its_last_lines_say_wh
     ended = time.time()
     out = (tmp_path / "migrate.log").read_text()
     assert proc.returncode != 0, out[-3000:]
-    # the validate task's first line (tasks run under LocalExecutor; their lines carry task_id=...)
+    assert ("authmigrate: LocalExecutor" in out) == (executor == "local"), out[:2000]
+    # the validate task's first line (both modes log task_id=... on a task's lines)
     started = re.search(r"^(\d{4}-\d\d-\d\d[T ][\d:.]+(?:Z|\+00:00)) .*\btask_id=validate\b", out, re.M)
     assert started, out[-3000:]
     assert ended - datetime.fromisoformat(started[1].replace("Z", "+00:00")).timestamp() < 60
