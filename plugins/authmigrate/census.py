@@ -58,6 +58,21 @@ class FieldCensus:
                     self._walk({field: doc[field]}, "", 1, seen, count_keys=False)  # its key: in the signature
             self.documents += 1
 
+    def merge(self, other: "FieldCensus") -> None:
+        """Add the counts of a census over other documents (a worker's part of the export):
+        the same :meth:`paths` as one census over all of them, except where a sub-document turns
+        out to be a map (more than ``MAX_KEYS`` names) only over the parts together: its
+        ``path.*`` document counts are then capped at the documents, as they are when one census
+        sees the map's names grow past ``MAX_KEYS``."""
+        self.documents += other.documents
+        self._signatures.update(other._signatures)
+        self._inner.update(other._inner)
+        self._inner_docs.update(other._inner_docs)
+        for signature, deep in other._deep_of.items():
+            self._deep_of.setdefault(signature, deep)
+        for path, names in other._keys_under.items():
+            self._keys_under.setdefault(path, set()).update(names)
+
     def _count(self, path: str, value: Any, seen: set) -> None:
         self._inner[(path, bson_type(type(value)))] += 1
         if path not in seen:

@@ -83,7 +83,10 @@ class FrameWriter:
         self._writer = None
 
     def write(self, df: pd.DataFrame) -> None:
-        table = pa.Table.from_pandas(df, preserve_index=False, schema=self.schema)
+        self.write_table(pa.Table.from_pandas(df, preserve_index=False, schema=self.schema))
+
+    def write_table(self, table: pa.Table) -> None:
+        """Append an Arrow table (its schema must be the file's: that of the first write)."""
         if self._writer is None:
             self.schema = table.schema
             self._writer = pq.ParquetWriter(self._fh, self.schema)

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
+import shutil
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -18,7 +22,7 @@ from authmigrate.db import connect, fetch_keys
 from authmigrate.memory import release
 from authmigrate.progress import Progress
 from authmigrate.registry import COLLECTIONS
-from authmigrate.staging import FrameWriter, collection_dir, read_frame, write_frame
+from authmigrate.staging import FrameWriter, collection_dir, read_frame, write_frame, write_table
 
 log = logging.getLogger("authmigrate")
 
@@ -79,34 +83,43 @@ KEY_FRAME = [*tf.USER_KEY_COLUMNS, "mongo_id", "_row"]
 FOLDED = {c for subset, *_, fold in tf.USER_DUPLICATES if fold for c in subset}
 
 
-def _distinct(path, name: str) -> tuple[pa.ChunkedArray, pa.Array]:
+def _column(paths: list[Path], name: str) -> pa.ChunkedArray:
+    """One column of the accepted rows, over every part's file in export order."""
+    return pa.chunked_array([c for p in paths for c in pq.read_table(p, columns=[name]).column(name).chunks],
+                            pq.read_schema(paths[0]).field(name).type)
+
+
+def _distinct(paths: list[Path], name: str) -> tuple[pa.ChunkedArray, pa.Array]:
     """A key column (case-folded if its pass folds) and its distinct values in code-point order
     (the order pandas sorts Python strings in)."""
-    column = pq.read_table(path, columns=[name]).column(name)
+    column = _column(paths, name)
     if name in FOLDED:
         column = _casefold(column)
     distinct = pc.unique(column).drop_null()
     return column, distinct.take(pc.sort_indices(distinct))
 
 
-def _coded_keys(path) -> pd.DataFrame:
+def _coded_keys(paths: list[Path], spill: Path) -> pd.DataFrame:
     """The key columns of the accepted users as integer codes: a million rows rank in tens of
     MiB, with no Python string per value. A code is the value's position among the column's
-    distinct values, so codes sort like the values (see :func:`_decoded`)."""
+    distinct values, so codes sort like the values; those values are kept in
+    ``spill/distinct-<column>.parquet`` for :func:`_decoded`, not in memory."""
     frame = {}
     for name in KEY_FRAME:  # a column at a time: Parquet decoding is greedy
         if name in ("created_at", "updated_at", "_row"):
-            frame[name] = pq.read_table(path, columns=[name]).column(name).to_pandas()
+            frame[name] = _column(paths, name).to_pandas()
             continue
-        column, distinct = _distinct(path, name)
+        column, distinct = _distinct(paths, name)
         frame[name] = pc.index_in(column, value_set=distinct).to_pandas(types_mapper={pa.int32(): pd.Int64Dtype()}.get)
+        write_table(pa.table({"value": distinct}), spill / f"distinct-{name}.parquet")
     release()
     return pd.DataFrame(frame)
 
 
-def _decoded(path, losers: list[tuple]) -> list[tuple[int, str, str]]:
+def _decoded(spill: Path, losers: list[tuple]) -> list[tuple[int, str, str]]:
     """Word the reasons of a coded :func:`transform.duplicate_plan`: the codes it names, decoded
-    one column at a time once the ranking frame is gone."""
+    one column at a time (from the distinct values :func:`_coded_keys` kept) once the ranking
+    frame is gone; those files are removed."""
     wanted: dict[str, set[int]] = {}
     for _, _, (_, subset, key, winner) in losers:
         for column, code in zip(subset, key):
@@ -114,11 +127,149 @@ def _decoded(path, losers: list[tuple]) -> list[tuple[int, str, str]]:
         wanted.setdefault("mongo_id", set()).add(int(winner))
     values: dict[str, dict[int, Any]] = {}
     for column, codes in wanted.items():
-        _, distinct = _distinct(path, column)
+        distinct = pq.read_table(spill / f"distinct-{column}.parquet").column("value")
         values[column] = {code: distinct[code].as_py() for code in codes}
+    for path in spill.glob("distinct-*.parquet"):
+        path.unlink()
     return [(row, code, tf.duplicate_reason(what, tuple(values[c][int(v)] for c, v in zip(subset, key)),
                                             values["mongo_id"][int(winner)]))
             for row, code, (what, subset, key, winner) in losers]
+
+
+TRANSFORM_WORKERS_MIN_ROWS = 100_000  # below this an export is accepted in-process (a worker costs ~1 s to start)
+
+
+def transform_workers(rows: int, row_groups: int) -> int:
+    """Processes that accept an export's batches side by side: AUTHMIGRATE_TRANSFORM_WORKERS,
+    else the machine's cores; 1 (in-process) for an export of fewer than
+    ``TRANSFORM_WORKERS_MIN_ROWS`` documents, never more than its row groups."""
+    raw = os.environ.get("AUTHMIGRATE_TRANSFORM_WORKERS", "").strip()
+    if raw and (not raw.isdigit() or int(raw) < 1):
+        raise ValueError(f"AUTHMIGRATE_TRANSFORM_WORKERS must be a positive integer, got {raw!r}")
+    wanted = int(raw) if raw else len(os.sched_getaffinity(0))
+    if rows < TRANSFORM_WORKERS_MIN_ROWS:
+        return 1
+    return max(1, min(wanted, row_groups))
+
+
+def _row_group_parts(paths: list[str], parts: int) -> list[dict]:
+    """The export's row groups split into at most ``parts`` runs of consecutive row groups of
+    about equal rows, each with the export position of its first document."""
+    units = [(path, i, meta.row_group(i).num_rows)
+             for path in paths for meta in [pq.ParquetFile(path).metadata] for i in range(meta.num_row_groups)]
+    total = sum(n for *_, n in units)
+    out: list[dict] = []
+    current: list[tuple] = []
+    start = position = 0
+
+    def close() -> None:
+        groups: dict[str, list[int]] = {}
+        for path, i, _ in current:
+            groups.setdefault(path, []).append(i)
+        out.append({"files": list(groups.items()), "start": start, "rows": position - start})
+
+    for unit in units:
+        current.append(unit)
+        position += unit[2]
+        if len(out) < parts - 1 and position >= total * (len(out) + 1) // parts:
+            close()
+            current, start = [], position
+    if current:
+        close()
+    return out
+
+
+def accept_part(files: list[tuple[str, list[int]] | str], start: int, out: Path, batch_size: int,
+                what: str = "transform users") -> dict:
+    """Step 1 of the users transform over some of the export: per batch, decode, count into the
+    census, coerce (``users_accept``) and explode; write the accepted rows (``users.accepted``)
+    and their join rows (``user_roles.accepted``), each tagged with its document's position in
+    the export (``start`` is that of the first). ``files``: export files, or (file, row groups)."""
+    files = [(f, None) if isinstance(f, str) else f for f in files]
+    total = sum(pq.ParquetFile(p).metadata.num_rows if groups is None else
+                sum(pq.ParquetFile(p).metadata.row_group(i).num_rows for i in groups) for p, groups in files)
+    progress = Progress(what, total)
+    census = FieldCensus()
+    part = {"rejects": [], "undecodable": [], "element_rejects": [], "wildcard_rows": [], "decoded": 0,
+            "newest": None, "census": census}
+    legacy_parts: list[pd.DataFrame] = []
+    position = start
+    accepted = FrameWriter(out / "users.accepted.parquet")
+    joined = FrameWriter(out / "user_roles.accepted.parquet")
+    with accepted, joined:
+        for path, groups in files:
+            batches = pq.ParquetFile(path).iter_batches(batch_size=max(batch_size, MIN_TRANSFORM_BATCH),
+                                                        row_groups=groups, columns=["bson"])
+            for batch in batches:
+                positions: list[int] = []
+                docs, bad = tf.decode_documents(batch.column(0).to_pylist(), positions)
+                census.add(docs)
+                part["undecodable"] += bad
+                part["decoded"] += len(docs)
+                stamps = [t for t in (d.get("updatedAt") for d in docs) if isinstance(t, dt.datetime)]
+                if stamps:
+                    newest = part["newest"]
+                    part["newest"] = max(stamps) if newest is None else max(newest, *stamps)
+                frame = tf.documents_frame(docs, COLLECTIONS["users"].projection)
+                docs = None  # the frame keeps what the rules need
+                users, batch_rejects = tf.users_accept(frame)
+                part["rejects"] += batch_rejects
+                user_roles, el_rejects, el_counts, legacy = tf.users_explode(users, frame)
+                where = [position + i for i in positions]  # frame row → position in the export
+                typed = tf._typed(users, "users")
+                typed["_row"] = pd.array([where[r] for r in users["_row"]], dtype="int64")
+                typed["_elements"] = pd.array([len(v) for v in users["_roles"]], dtype="int64")
+                accepted.write(typed)
+                roles = tf._typed(user_roles, "user_roles")
+                roles["_row"] = pd.array([where[r] for r in user_roles["_row"]], dtype="int64")
+                joined.write(roles)
+                part["element_rejects"] += [{**r, "_row": where[r["_row"]]} for r in el_rejects]
+                part["wildcard_rows"] += [where[r] for r in el_counts["_wildcard_rows"]]
+                legacy_parts.append(legacy.assign(_row=[where[r] for r in legacy["_row"]]))
+                position += batch.num_rows
+                progress.advance(batch.num_rows)
+        part["accepted"] = str(accepted.close())
+        part["joined"] = str(joined.close())
+    progress.log(final=True)
+    part["legacy"] = pd.concat(legacy_parts, ignore_index=True) if legacy_parts else \
+        pd.DataFrame({"app_id": [], "user_id": [], "_row": []})
+    return part
+
+
+def _accept_in_workers(paths: list[str], out: Path, batch_size: int, workers: int) -> list[dict]:
+    """:func:`accept_part` over ``workers`` runs of the export's row groups, each in a process of
+    its own (``python -m authmigrate.transform_worker``, dying with this one), side by side; their
+    results in export order. A failed worker fails the task (its retry redoes every part)."""
+    import pickle
+    import subprocess
+    import sys
+
+    from authmigrate.tasks import die_with_parent
+
+    parts = _row_group_parts(paths, workers)
+    # the package's folder (Airflow puts its plugins folder on sys.path, not on PYTHONPATH)
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    procs = []
+    for k, part in enumerate(parts):
+        folder = out / f"part-{k:03d}"
+        folder.mkdir(exist_ok=True, mode=0o700)
+        spec = {"files": part["files"], "start": part["start"], "out": str(folder), "batch_size": batch_size,
+                "what": f"transform users, part {k + 1}/{len(parts)}", "result": str(folder / "result.pickle")}
+        procs.append((subprocess.Popen([sys.executable, "-m", "authmigrate.transform_worker", json.dumps(spec)],
+                                       env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent), spec))
+    log.info("transform users: %d documents accepted by %d processes side by side (rows per part: %s)",
+             sum(p["rows"] for p in parts), len(parts), [p["rows"] for p in parts])
+    failed = [(spec["what"], proc.wait()) for proc, spec in procs]
+    failed = [(what, code) for what, code in failed if code != 0]
+    if failed:
+        raise RuntimeError(f"transform users: worker processes failed {failed} (their errors are in the log above)")
+    results = []
+    for _, spec in procs:
+        with open(spec["result"], "rb") as fh:
+            results.append(pickle.load(fh))
+        os.unlink(spec["result"])
+    return results
 
 
 def transform_users_batched(paths: str | list[str], out, batch_size: int, census: FieldCensus | None = None
@@ -127,8 +278,8 @@ def transform_users_batched(paths: str | list[str], out, batch_size: int, census
     (plus the key columns of the whole collection), with exactly the result of
     :func:`transform.transform_users` on the whole export (tests/unit/test_transform_batched.py).
 
-    1. Per batch: decode, coerce (``users_accept``) and explode; write the accepted rows with
-       their key columns, and their join rows, each tagged with the document's position.
+    1. :func:`accept_part`, over the whole export, or over runs of its row groups in
+       :func:`transform_workers` processes side by side.
     2. Rank the whole collection's key columns (``duplicate_plan``): the documents that lose a
        uniqueness contest; only those are decoded again, to explain their rejects.
     3. Stream the accepted rows once more, leaving out the losers.
@@ -136,55 +287,33 @@ def transform_users_batched(paths: str | list[str], out, batch_size: int, census
     the paths of those files, the newest ``updatedAt`` seen and the undecodable documents' rejects."""
     import bson
 
-    progress = Progress("transform users", export_rows(paths))
-    rejects: list[dict] = []
-    undecodable: list[dict] = []
-    element_rejects: list[dict] = []
-    wildcard_rows: list[int] = []
-    legacy_parts: list[pd.DataFrame] = []
-    decoded = position = 0
-    newest = None
-    user_cols = list(tf.TABLES["users"].columns)
-    accepted = FrameWriter(out / "users.accepted.parquet")
-    joined = FrameWriter(out / "user_roles.accepted.parquet")
-    with accepted, joined:
-        for batch in raw_batches(paths, max(batch_size, MIN_TRANSFORM_BATCH)):
-            positions: list[int] = []
-            docs, bad = tf.decode_documents(batch.column(0).to_pylist(), positions)
-            if census is not None:
-                census.add(docs)
-            undecodable += bad
-            decoded += len(docs)
-            stamps = [t for t in (d.get("updatedAt") for d in docs) if isinstance(t, dt.datetime)]
-            if stamps:
-                newest = max(stamps) if newest is None else max(newest, *stamps)
-            frame = tf.documents_frame(docs, COLLECTIONS["users"].projection)
-            docs = None  # the frame keeps what the rules need
-            users, batch_rejects = tf.users_accept(frame)
-            rejects += batch_rejects
-            user_roles, el_rejects, el_counts, legacy = tf.users_explode(users, frame)
-            where = [position + i for i in positions]  # frame row → position in the export
-            typed = tf._typed(users, "users")
-            typed["_row"] = pd.array([where[r] for r in users["_row"]], dtype="int64")
-            typed["_elements"] = pd.array([len(v) for v in users["_roles"]], dtype="int64")
-            accepted.write(typed)
-            roles = tf._typed(user_roles, "user_roles")
-            roles["_row"] = pd.array([where[r] for r in user_roles["_row"]], dtype="int64")
-            joined.write(roles)
-            element_rejects += [{**r, "_row": where[r["_row"]]} for r in el_rejects]
-            wildcard_rows += [where[r] for r in el_counts["_wildcard_rows"]]
-            legacy_parts.append(legacy.assign(_row=[where[r] for r in legacy["_row"]]))
-            position += batch.num_rows
-            progress.advance(batch.num_rows)
-        accepted.close()
-        joined.close()
-    progress.log(final=True)
+    paths = _paths(paths)
+    row_groups = sum(pq.ParquetFile(p).metadata.num_row_groups for p in paths)
+    workers = transform_workers(export_rows(paths), row_groups)
+    if workers > 1:
+        parts = _accept_in_workers(paths, out, batch_size, workers)
+    else:
+        parts = [accept_part(paths, 0, out, batch_size)]
     release()
+    rejects = [r for p in parts for r in p["rejects"]]
+    undecodable = [r for p in parts for r in p["undecodable"]]
+    element_rejects = [r for p in parts for r in p["element_rejects"]]
+    wildcard_rows = [r for p in parts for r in p["wildcard_rows"]]
+    decoded = sum(p["decoded"] for p in parts)
+    stamps = [p["newest"] for p in parts if p["newest"] is not None]
+    newest = max(stamps) if stamps else None
+    if census is not None:
+        for p in parts:
+            census.merge(p["census"])
+    accepted_paths = [Path(p["accepted"]) for p in parts]
+    joined_paths = [Path(p["joined"]) for p in parts]
+    legacy = pd.concat([p["legacy"] for p in parts], ignore_index=True)
+    parts = None
 
     # the coded frame goes in as a temporary: each pass's copy then replaces it, never two held
-    losers = tf.duplicate_plan(_coded_keys(accepted.path), tf.USER_DUPLICATES, coded=True)
+    losers = tf.duplicate_plan(_coded_keys(accepted_paths, Path(out)), tf.USER_DUPLICATES, coded=True)
     release()
-    losers = _decoded(accepted.path, losers)
+    losers = _decoded(Path(out), losers)
     lost = {row for row, _, _ in losers}
     explained = {row: (code, reason) for row, code, reason in losers}
     position = 0
@@ -200,20 +329,27 @@ def transform_users_batched(paths: str | list[str], out, batch_size: int, census
     lost_array = pa.array(sorted(lost), pa.int64())
     survivors = {}
     elements = 0
-    for name, source in (("users", accepted.path), ("user_roles", joined.path)):
+    for name, sources in (("users", accepted_paths), ("user_roles", joined_paths)):
+        empty = tf._typed(pd.DataFrame(), name)
+        schema = pa.Schema.from_pandas(empty, preserve_index=False)  # with the pandas metadata of exact dtypes
         with FrameWriter(out / f"{name}.parquet") as writer:
-            for batch in pq.ParquetFile(source).iter_batches(batch_size=max(batch_size, MIN_TRANSFORM_BATCH)):
-                keep = pc.invert(pc.is_in(batch.column("_row"), value_set=lost_array))
-                batch = batch.filter(keep)
-                if name == "users":
-                    elements += pc.sum(batch.column("_elements")).as_py() or 0
-                columns = user_cols if name == "users" else list(tf.TABLES["user_roles"].columns)
-                writer.write(tf._typed(batch.select(columns).to_pandas(), name))  # exact dtypes, e.g. Int64
-            survivors[name] = writer.close(tf._typed(pd.DataFrame(), name))
-        source.unlink()
+            for source in sources:
+                for batch in pq.ParquetFile(source).iter_batches(batch_size=max(batch_size, MIN_TRANSFORM_BATCH)):
+                    keep = pc.invert(pc.is_in(batch.column("_row"), value_set=lost_array))
+                    batch = batch.filter(keep)
+                    if name == "users":
+                        elements += pc.sum(batch.column("_elements")).as_py() or 0
+                    table = pa.Table.from_batches([batch.select(list(empty.columns))])
+                    if table.schema.remove_metadata() == schema.remove_metadata():  # written from typed frames
+                        writer.write_table(table.replace_schema_metadata(schema.metadata))
+                    else:
+                        writer.write(tf._typed(table.to_pandas(), name))  # exact dtypes, e.g. Int64
+            survivors[name] = writer.close(empty)
+        for source in sources:
+            source.unlink()
+    for folder in {path.parent for path in accepted_paths} - {Path(out)}:  # the workers' part folders
+        shutil.rmtree(folder)
     role_ids = pq.read_table(survivors["user_roles"], columns=["role_id"]).column("role_id")
-    legacy = pd.concat(legacy_parts, ignore_index=True) if legacy_parts else \
-        pd.DataFrame({"app_id": [], "user_id": [], "_row": []})
     legacy = legacy[~legacy["_row"].isin(lost)]
     element_rejects = [r for r in element_rejects if r["_row"] not in lost]
     counts = {"array_elements": elements, "rejected_elements": len(element_rejects),

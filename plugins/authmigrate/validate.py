@@ -167,19 +167,49 @@ def reconcile(results: dict[str, dict], counts: dict[str, int], rejects: list[tu
     return checks
 
 
-def content_checks(conn, cfg: RunConfig, results: dict[str, dict]) -> list[Check]:
-    """Field-level verification of every table this run loaded (see verify.py)."""
+VERIFY_CONNECTIONS = 2  # tables verified side by side: one's md5s in Python overlap the other's SQL
+
+
+def content_checks(cfg: RunConfig, results: dict[str, dict]) -> list[Check]:
+    """Field-level verification of every table this run loaded (see verify.py), on
+    ``VERIFY_CONNECTIONS`` connections of their own, the largest files first; the checks in
+    the run's table order."""
+    import os
+    import queue
+    import threading
+
     from authmigrate.verify import verify_table
 
-    checks = []
-    with conn.transaction():
-        use_schema(conn, cfg)
-        for source, r in results.items():
-            for name, path in r["transform"]["tables"].items():
-                ok, detail = verify_table(conn, name, path,
-                                  full=TABLES[name].sync != "upsert" and r["transform"].get("mode") != "incremental")
-                checks.append(Check(f"content {name}", ok, detail))
-    return checks
+    jobs = [(name, path, TABLES[name].sync != "upsert" and r["transform"].get("mode") != "incremental")
+            for r in results.values() for name, path in r["transform"]["tables"].items()]
+    todo: queue.Queue = queue.Queue()
+    for job in sorted(jobs, key=lambda j: -os.path.getsize(j[1])):
+        todo.put(job)
+    found: dict[str, Check] = {}
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with connect(cfg) as own, own.transaction():
+                use_schema(own, cfg)
+                while True:
+                    try:
+                        name, path, full = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    ok, detail = verify_table(own, name, path, full=full)
+                    found[name] = Check(f"content {name}", ok, detail)
+        except BaseException as exc:  # raised below, in the task's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, name=f"verify-{i}") for i in range(min(VERIFY_CONNECTIONS, len(jobs)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return [found[name] for name, _, _ in jobs]
 
 
 def reject_ratio(results: dict[str, dict]) -> tuple[int, int, float]:
@@ -322,7 +352,7 @@ def validate_run(cfg: RunConfig, results: dict[str, dict], task_times: dict[str,
         checks += reconcile(results, counts, rejects, children) + [reject_ratio_check(results, cfg)]
         checks += census_check(cfg, census)
         if cfg.verify:
-            checks += content_checks(conn, cfg, results)
+            checks += content_checks(cfg, results)
         passed = all(c.ok for c in checks)
         examples = [tuple(r) for r in conn.execute(q("rejects_examples"), {"run_id": cfg.run_id, "per_reason": 2})]
         all_times = timings(results, {**(task_times or {}), "validate": time.monotonic() - started})

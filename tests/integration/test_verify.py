@@ -38,9 +38,10 @@ def test_a_load_path_that_shifts_a_timestamp_fails_the_run_naming_id_and_field(m
     assert "[ok] reconcile users documents" in report
 
 
-def test_verify_table_names_swapped_columns_and_extra_rows(migration):
+def test_verify_table_names_swapped_columns_and_extra_rows(migration, tmp_path):
     import psycopg
 
+    from authmigrate.staging import write_frame
     from authmigrate.transform import documents_frame, transform_users
     from authmigrate.registry import COLLECTIONS
     from authmigrate.verify import verify_table
@@ -58,4 +59,23 @@ def test_verify_table_names_swapped_columns_and_extra_rows(migration):
         assert not ok and "000000000002: first_name, last_name" in detail
         ok, detail = verify_table(conn, "user_roles", frame["user_roles"])
         assert not ok and "000000000004" in detail
+        # the same from the transform's files (what the validate task passes): compared in PostgreSQL
+        for name in ("users", "user_roles"):
+            ok, detail = verify_table(conn, name, str(write_frame(frame[name], tmp_path / f"{name}.parquet")))
+            assert not ok and ("000000000002: first_name, last_name" if name == "users" else "000000000004") in detail
+        conn.rollback()
+        conn.execute(f'SET search_path TO "{migration.schema}"')
+        for name in ("users", "user_roles"):  # untouched again: the files match
+            ok, detail = verify_table(conn, name, str(tmp_path / f"{name}.parquet"))
+            assert ok, detail
+        # one of alice's two roles gone: she still has join rows, but not the exported set
+        conn.execute("DELETE FROM user_roles WHERE user_id = '000000000001' AND role_id = "
+                     "(SELECT min(role_id) FROM user_roles WHERE user_id = '000000000001')")
+        assert conn.execute("SELECT count(*) FROM user_roles WHERE user_id = '000000000001'").fetchone()[0] >= 1
+        conn.execute("INSERT INTO users (id, mongo_id, username, email) VALUES ('999', 'x', 'x', 'x@example.com')")
+        ok, detail = verify_table(conn, "user_roles", str(tmp_path / "user_roles.parquet"))
+        assert not ok and "000000000001" in detail, detail
+        ok, detail = verify_table(conn, "users", str(tmp_path / "users.parquet"))
+        assert not ok and "999: in users but not in the export" in detail, detail
+        assert verify_table(conn, "users", str(tmp_path / "users.parquet"), full=False)[0]  # not a full export
         conn.rollback()

@@ -72,3 +72,48 @@ def test_batched_users_transform_equals_the_one_frame_transform(tmp_path, raws, 
     assert result.counts == whole.counts
     assert newest == max(d["updatedAt"] for d in docs if isinstance(d.get("updatedAt"), type(newest)))
     assert sorted(p.name for p in out.iterdir()) == ["user_roles.parquet", "users.parquet"]  # no leftovers
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_users_transform_in_worker_processes_equals_the_in_process_one(tmp_path, raws, monkeypatch, workers):
+    """The first step run by worker processes over runs of the export's row groups (what a large
+    export gets): the same files, rejects, counts, newest updatedAt and census as in-process, and
+    the workers' part folders are gone."""
+    from authmigrate.census import FieldCensus
+
+    export = tmp_path / "documents.parquet"
+    pq.write_table(pa.table({"bson": pa.array(raws, pa.binary())}), export, row_group_size=97)
+    runs = {}
+    for label, count in (("in_process", "1"), ("workers", str(workers))):
+        monkeypatch.setenv("AUTHMIGRATE_TRANSFORM_WORKERS", count)
+        monkeypatch.setattr(tt, "TRANSFORM_WORKERS_MIN_ROWS", 0)
+        monkeypatch.setattr(tt, "MIN_TRANSFORM_BATCH", 1)
+        out = tmp_path / label
+        out.mkdir()
+        census = FieldCensus()
+        result, files, newest, bad = tt.transform_users_batched(str(export), out, 50, census)
+        runs[label] = result, {n: read_frame(f) for n, f in files.items()}, newest, bad, census.paths()
+        assert sorted(p.name for p in out.iterdir()) == ["user_roles.parquet", "users.parquet"]
+    (result, frames, newest, bad, paths), (w_result, w_frames, w_newest, w_bad, w_paths) = runs.values()
+    for name in frames:
+        pd.testing.assert_frame_equal(w_frames[name], frames[name])  # same rows in the same order
+    pd.testing.assert_frame_equal(w_result.rejects, result.rejects)
+    pd.testing.assert_frame_equal(w_result.extras["legacy_owners"], result.extras["legacy_owners"])
+    assert w_result.counts == result.counts and (w_newest, w_bad) == (newest, bad)
+    assert w_paths == paths and paths["providerRoles[]"]["documents"] > 1000
+
+
+def test_row_group_parts_cover_the_export_in_order(tmp_path):
+    for i, rows in enumerate((250, 40, 3)):
+        pq.write_table(pa.table({"bson": pa.array([b"x"] * rows, pa.binary())}), tmp_path / f"c{i}.parquet",
+                       row_group_size=30)
+    paths = [str(tmp_path / f"c{i}.parquet") for i in range(3)]
+    for parts in (1, 2, 3, 20):
+        got = tt._row_group_parts(paths, parts)
+        assert 1 <= len(got) <= parts
+        units = [(p, g) for part in got for p, groups in part["files"] for g in groups]
+        assert units == [(p, g) for p in paths for g in range(pq.ParquetFile(p).metadata.num_row_groups)]
+        assert [p["start"] for p in got] == [sum(p["rows"] for p in got[:k]) for k in range(len(got))]
+        assert sum(p["rows"] for p in got) == 293
+    two = tt._row_group_parts(paths, 2)
+    assert abs(two[0]["rows"] - two[1]["rows"]) <= 30

@@ -1,0 +1,1 @@
+COPY {expected} ({columns}) FROM STDIN (FORMAT BINARY)
