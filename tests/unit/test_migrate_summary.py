@@ -60,6 +60,9 @@ def test_the_executor_environment_points_tasks_at_the_api_server_and_shares_one_
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor" and env["AIRFLOW__CORE__PARALLELISM"] == "2"
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:41234/execution/"
     assert len(env["AIRFLOW__API_AUTH__JWT_SECRET"]) >= 32 and env["PATH"] == "/bin"
+    assert env["AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"] == "1"  # a finished task is seen within 1 s, not 5
+    assert migrate.executor_env({"AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "3"}, 1, 1)[
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"] == "3"
     assert migrate.executor_env({}, 1, 1)["AIRFLOW__API_AUTH__JWT_SECRET"] != env["AIRFLOW__API_AUTH__JWT_SECRET"]
     assert migrate.executor_env({"AIRFLOW__API_AUTH__JWT_SECRET": "kept"}, 1, 1)["AIRFLOW__API_AUTH__JWT_SECRET"] \
         == "kept"  # a deployment's own secret is used as it is
