@@ -966,14 +966,16 @@ def uptime() -> str:
 
 
 def peak_reference(path: str | None) -> dict | None:
-    """Ours' median peak RSS from an earlier bench.json (``--peak-reference``), e.g. at N = 100,000."""
+    """Ours' median peak RSS of any one process from an earlier bench.json (``--peak-reference``),
+    e.g. at N = 100,000 (a bench.json of before per-process peaks gives the tree's sum)."""
     if not path:
         return None
     earlier = json.loads(Path(path).read_text())
     median = ((earlier.get("systems") or {}).get("ours") or {}).get("median")
     if not median:
         raise SystemExit(f"{path}: no measured run of ours to compare peaks with")
-    return {"path": str(path), "n_users": earlier["n_users"], "peak_rss_bytes": median["peak_rss_bytes"]}
+    return {"path": str(path), "n_users": earlier["n_users"],
+            "peak_process_rss_bytes": median.get("peak_process_rss_bytes", median["peak_rss_bytes"])}
 
 
 def with_targets(results: dict, reference_path: str | None) -> None:
@@ -1042,10 +1044,11 @@ def ratios_and_targets(systems: dict, reference: dict | None = None) -> tuple[di
     target("scale-out: from the dump, all cores' wall ≤ 0.65× one worker's", "≤ 0.65", r,
            None if r is None else r <= 0.65)
     if reference and ours:
-        grow = round(ours["peak_rss_bytes"] / reference["peak_rss_bytes"], 2)
+        one = ours.get("peak_process_rss_bytes", ours["peak_rss_bytes"])
+        grow = round(one / reference["peak_process_rss_bytes"], 2)
         ratios["peak_over_reference_peak"] = grow
-        target(f"peak RSS ≤ 1.5× the peak at N = {reference['n_users']:,} "
-               f"({reference['peak_rss_bytes'] / MIB:,.0f} MiB)", "≤ 1.5", grow, grow <= 1.5)
+        target(f"peak RSS of any one process ≤ 1.3× its peak at N = {reference['n_users']:,} "
+               f"({reference['peak_process_rss_bytes'] / MIB:,.0f} MiB)", "≤ 1.3", grow, grow <= 1.3)
     share = ours["validate_share_of_wall"] if ours else None
     target("validation ≤ 10 % of total", "≤ 10 %", None if share is None else f"{100 * share:.1f} %",
            None if share is None else share <= 0.10)
@@ -1300,7 +1303,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(the seeding takes ~3 min at 1,000,000 users)")
     parser.add_argument("--peak-reference", default=None,
                         help="a bench.json measured at a smaller N (e.g. 100,000): adds the target "
-                             "'peak RSS ≤ 1.5× the peak there'")
+                             "'peak RSS of any one process ≤ 1.3× its peak there'")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (.bench/work-*): logs, data")
     args = parser.parse_args(argv)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}

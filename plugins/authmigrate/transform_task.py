@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from authmigrate import transform as tf
 from authmigrate.census import FieldCensus, collection_census
-from authmigrate.config import RunConfig
+from authmigrate.config import ConfigError, RunConfig
 from authmigrate.db import connect, fetch_keys
 from authmigrate.memory import release
 from authmigrate.progress import Progress
@@ -145,7 +145,7 @@ def transform_workers(rows: int, row_groups: int) -> int:
     ``TRANSFORM_WORKERS_MIN_ROWS`` documents, never more than its row groups."""
     raw = os.environ.get("AUTHMIGRATE_TRANSFORM_WORKERS", "").strip()
     if raw and (not raw.isdigit() or int(raw) < 1):
-        raise ValueError(f"AUTHMIGRATE_TRANSFORM_WORKERS must be a positive integer, got {raw!r}")
+        raise ConfigError(f"AUTHMIGRATE_TRANSFORM_WORKERS must be a positive integer, got {raw!r}")
     wanted = int(raw) if raw else len(os.sched_getaffinity(0))
     if rows < TRANSFORM_WORKERS_MIN_ROWS:
         return 1

@@ -3,7 +3,9 @@
 For every loaded row, a canonical hash of its mapped fields is computed from the transform's
 output (the data that was exported and mapped) and compared, set-based in SQL, with the same
 hash computed inside PostgreSQL from the loaded row. Join tables are compared per parent
-(the sorted set of child keys). A timezone shift, a truncated string or a swapped column fails
+(the sorted set of child keys); from a transform file, its (parent, child) pairs are copied
+as they are and PostgreSQL aggregates them per parent exactly as it does the loaded rows.
+The validate task verifies two tables at a time, each on a connection of its own. A timezone shift, a truncated string or a swapped column fails
 the run, and the report names the first mismatching ids and fields.
 
 Canonical text of a value: NULL → ``~``; text → ``<length>:<text>``; boolean → ``1``/``0``;

@@ -117,3 +117,16 @@ def test_row_group_parts_cover_the_export_in_order(tmp_path):
         assert sum(p["rows"] for p in got) == 293
     two = tt._row_group_parts(paths, 2)
     assert abs(two[0]["rows"] - two[1]["rows"]) <= 30
+
+
+def test_transform_workers_come_from_the_setting_and_the_export_size(monkeypatch):
+    from authmigrate.config import ConfigError, Permanent
+
+    monkeypatch.setenv("AUTHMIGRATE_TRANSFORM_WORKERS", "3")
+    assert tt.transform_workers(1_000_000, 200) == 3
+    assert tt.transform_workers(1_000_000, 2) == 2  # never more than the row groups
+    assert tt.transform_workers(tt.TRANSFORM_WORKERS_MIN_ROWS - 1, 200) == 1  # small: in-process
+    monkeypatch.setenv("AUTHMIGRATE_TRANSFORM_WORKERS", "0")
+    with pytest.raises(ConfigError, match="AUTHMIGRATE_TRANSFORM_WORKERS must be a positive integer") as err:
+        tt.transform_workers(1_000_000, 200)
+    assert isinstance(err.value, Permanent)  # a setting: no retry
