@@ -30,6 +30,9 @@
                 COPY; no index, no transform) — the same floor as above, with the file for server.
    ours_files   our DAG with ``source=files``, ``source_path=<work>/dump`` (``AUTHMIGRATE_SOURCE_ROOTS``
                 set to it), everything else as ``ours``.
+   ours_files_1w  the same on one worker's share: one task at a time and one users-transform
+                process (``AUTHMIGRATE_PARALLELISM=1``, ``AUTHMIGRATE_TRANSFORM_WORKERS=1``); the
+                scale-out target compares ours_files with it.
 3. Writes ``<out>/bench.json``, ``<out>/bench.md`` and ``<out>/bench.png``. Each system's figure
    is the median (by wall time) of R runs; by default R = 3 when its first run took under a
    minute, else 1. ``--profile`` adds one unmeasured run of ours under py-spy (wall-clock
@@ -727,6 +730,8 @@ class Bench:
         reports = self.work / ("reports-profile" if profile else f"reports-{label}-{i}")
         env = airflow_env(self.work, self.mongo.port, db, reports)
         env["AUTHMIGRATE_PARALLELISM"] = str(workers or max(1, len(os.sched_getaffinity(0))))
+        if workers:  # one worker's share of the machine: the users transform's own processes too
+            env["AUTHMIGRATE_TRANSFORM_WORKERS"] = str(workers)
         conf = dict(DAG_CONF)
         if dump is not None:
             env["AUTHMIGRATE_SOURCE_ROOTS"] = str(dump)
@@ -878,7 +883,8 @@ class Bench:
                 dump = self.dump_source()
                 systems["floor_files"] = self.repeat("floor_files", lambda i: self.run_floor(i, dump=dump))
                 systems["ours_files"] = self.repeat("ours_files", lambda i: self.run_ours(i, dump=dump))
-                # scale-out: the same run with one task at a time (the dump does not serialize reads)
+                # scale-out: the same run with one task at a time and one users-transform process (the dump
+                # does not serialize reads)
                 systems["ours_files_1w"] = self.repeat("ours_files_1w", lambda i: self.run_ours(i, dump=dump, workers=1))
             if "naive" not in args.skip:
                 systems["naive"] = self.repeat("naive", self.run_naive)
@@ -1099,7 +1105,8 @@ def to_markdown(r: dict) -> str:
             "naive": f"`PostgresHook.insert_rows` of {NAIVE_ROWS:,} user rows (scalar fields as text)",
             "dlt": "dlt 1.31.0 defaults (arrays → child tables, insert_values)",
             "ours_files": "the same DAG with `source=files` from the mongodump .bson folder",
-            "ours_files_1w": "the same as ours_files, one task at a time (AUTHMIGRATE_PARALLELISM=1)",
+            "ours_files_1w": "the same as ours_files, one task at a time and one users-transform process "
+                             "(AUTHMIGRATE_PARALLELISM=1, AUTHMIGRATE_TRANSFORM_WORKERS=1)",
             "floor_files": "the .bson files split into raw documents (bson C extension) → binary COPY into bytea"}
     for name in ("ours", "floor", "ours_files", "ours_files_1w", "floor_files", "dlt", "naive"):
         s = r["systems"].get(name)
