@@ -268,8 +268,12 @@ def _export_file_chunk(cfg: RunConfig, chunk: dict) -> dict:
             elif since is None or filesource.changed(item[2], since):
                 yield _Raw(item[2])
 
-    batches = _write_raw(raws(), out, max(cfg.batch_size, 10_000) if chunk["kind"] == "keys" else cfg.batch_size,
-                         progress)
+    if chunk["format"] == "bson" and chunk["kind"] != "keys" and since is None:  # every document, as it is
+        batches = _write_bson_blocks(filesource.bson_blocks(path, chunk.get("start", 0), chunk.get("end")), bad,
+                                     chunk["file"], out, cfg.batch_size, progress)
+    else:
+        batches = _write_raw(raws(), out, max(cfg.batch_size, 10_000) if chunk["kind"] == "keys" else cfg.batch_size,
+                             progress)
     rejects = str(write_frame(tf.rejects_frame(bad), folder / f"{name}.rejects.parquet")) if bad else None
     if bad:
         log.warning("export %s %s: %d pieces of %s are not documents (rejects, with the offset or line)", collection,
@@ -280,6 +284,38 @@ def _export_file_chunk(cfg: RunConfig, chunk: dict) -> dict:
               "mode": "incremental" if since else "full", "since": since.isoformat() if since else None,
               "file_rejects": rejects, "archive_crc": crc}
     return result
+
+
+def _write_bson_blocks(blocks, bad: list, file: str, out: Path, batch_size: int, progress: Progress) -> int:
+    """A ``.bson`` file's documents into the export's Parquet file, a block of the file at a time:
+    each block's documents become one Arrow binary column over the block's bytes (no Python
+    object per document), written in row groups of ``batch_size``; the bad pieces go to ``bad``
+    as rejects."""
+    from array import array
+
+    from authmigrate import filesource
+
+    tmp = out.with_suffix(".parquet.partial")
+    batches = 0
+    with private_file(tmp) as fh, pq.ParquetWriter(fh, SCHEMA) as writer:
+        for item in blocks:
+            if item[0] == "bad":
+                bad.append(filesource.reject(file, item[2], item[3]))
+                continue
+            _, _, data, cuts = item
+            column = pa.Array.from_buffers(pa.binary(), len(cuts) - 1,
+                                           [None, pa.py_buffer(array("i", cuts)), pa.py_buffer(data)])
+            for start in range(0, len(column), batch_size):
+                part = column.slice(start, batch_size)
+                writer.write_table(pa.table({"bson": part}, schema=SCHEMA))
+                progress.advance(len(part))
+                batches += 1
+        if batches == 0:
+            writer.write_table(pa.table({"bson": pa.array([], pa.binary())}, schema=SCHEMA))
+            batches = 1
+    tmp.replace(out)
+    progress.log(final=True)
+    return batches
 
 
 class _Raw:

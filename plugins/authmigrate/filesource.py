@@ -158,16 +158,29 @@ def dump_collections(cfg: RunConfig, skip: set[str] = frozenset()) -> dict[str, 
     return out
 
 
+def _damaged(exc: Exception) -> tuple:
+    return ("bad", None, "truncated_file", f"the compressed file ends early or is damaged ({type(exc).__name__}); "
+                                           "documents after that point cannot be read: take a new dump")
+
+
 def items(cfg: RunConfig, collection: str, path, kind: str, start: int = 0, end: int | None = None,
           name: str | None = None):
     """The collection's documents and bad pieces, as the readers give them; from an archive (its
     namespace ``name``), last, ``("crc", namespace, ok)``: whether its EOF header's CRC-64-ECMA
     matched the documents (None: the archive never closed it)."""
-    from authmigrate.dumpfiles import Archive, iter_archive, iter_bson, iter_json, open_maybe_gzip
+    from authmigrate.dumpfiles import Archive, iter_archive, iter_json, open_maybe_gzip
 
     import gzip
     import zlib
 
+    if kind == "bson":
+        for item in bson_blocks(path, start, end):
+            if item[0] == "docs":
+                _, offset, data, cuts = item
+                yield from (("doc", offset + a, data[a:b]) for a, b in zip(cuts, cuts[1:]))
+            else:
+                yield item
+        return
     fh = path.open("rb")
     try:
         if kind == "archive":
@@ -181,15 +194,29 @@ def items(cfg: RunConfig, collection: str, path, kind: str, start: int = 0, end:
                                                     "not in the archive")
             ns = meta.namespaces.get((cfg.source_database or next(iter({d for d, _ in meta.namespaces}), ""), name))
             yield ("crc", f"{ns.db}.{ns.collection}" if ns else name, ns.crc_ok if ns else None)
-        elif kind == "bson":
-            if start:
-                fh.seek(start)
-            yield from iter_bson(open_maybe_gzip(fh) if not start else fh, start, end)
         else:
             yield from iter_json(open_maybe_gzip(fh))
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        yield ("bad", None, "truncated_file", f"the compressed file ends early or is damaged ({type(exc).__name__}); "
-                                              "documents after that point cannot be read: take a new dump")
+        yield _damaged(exc)
+    finally:
+        fh.close()
+
+
+def bson_blocks(path, start: int = 0, end: int | None = None):
+    """A ``.bson`` (or ``.bson.gz``) file's documents and bad pieces, a block of documents at a
+    time (:func:`dumpfiles.iter_bson_blocks`; the same pieces as :func:`items`)."""
+    from authmigrate.dumpfiles import iter_bson_blocks, open_maybe_gzip
+
+    import gzip
+    import zlib
+
+    fh = path.open("rb")
+    try:
+        if start:
+            fh.seek(start)
+        yield from iter_bson_blocks(open_maybe_gzip(fh) if not start else fh, start, end)
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        yield _damaged(exc)
     finally:
         fh.close()
 

@@ -14,7 +14,7 @@ import pytest
 from bson import Binary, Decimal128, Int64, ObjectId
 
 from authmigrate.dumpfiles import (ARCHIVE_MAGIC, Archive, DumpFormatError, bson_boundaries, crc64_ecma, iter_archive,
-                                   iter_bson, iter_json, open_maybe_gzip, sniff)
+                                   iter_bson, iter_bson_blocks, iter_json, open_maybe_gzip, sniff)
 
 OID = ObjectId("65a000000000000000000001")
 WHEN = dt.datetime(2024, 3, 1, 12, 0, 0, 123000)
@@ -59,6 +59,43 @@ def test_document_aligned_ranges_come_from_the_length_prefixes():
     got = [i for lo, hi in zip(edges, edges[1:])
            for i in docs(iter_bson(_at(data, lo), lo, hi))]
     assert [d["i"] for d in got] == list(range(10))
+
+
+def _flat(items) -> list[tuple]:
+    out = []
+    for item in items:
+        if item[0] == "docs":
+            _, offset, data, cuts = item
+            out += [("doc", offset + a, data[a:b]) for a, b in zip(cuts, cuts[1:])]
+        else:
+            out.append(item)
+    return out
+
+
+@pytest.mark.parametrize("block", [1, 5, 64, 1000, 1 << 20])
+@pytest.mark.parametrize("damage", ["none", "no_nul", "impossible_length", "cut_short", "prefix_cut"])
+def test_bson_blocks_flatten_to_exactly_the_per_document_reader(block, damage):
+    import random
+
+    rng = random.Random(block)
+    raws = [bson.encode({"i": i, "pad": "x" * rng.randint(0, 300)}) for i in range(60)]
+    at = sum(map(len, raws[:37]))
+    data = b"".join(raws)
+    if damage == "no_nul":  # document 37 does not end with NUL; the reader goes on after it
+        data = data[:at + len(raws[37]) - 1] + b"\x01" + data[at + len(raws[37]):]
+    elif damage == "impossible_length":
+        data = data[:at] + struct.pack("<i", 2) + data[at + 4:]
+    elif damage == "cut_short":
+        data = data[:at + 10]
+    elif damage == "prefix_cut":
+        data = data[:at + 2]
+    want = list(iter_bson(io.BytesIO(data)))
+    assert _flat(iter_bson_blocks(io.BytesIO(data), block=block)) == want
+    assert len([w for w in want if w[0] == "bad"]) == (damage != "none")
+    bounds = bson_boundaries(io.BytesIO(data), 16)
+    edges = [0, *bounds, None]
+    for lo, hi in zip(edges, edges[1:]):  # document-aligned ranges, as the plan makes them
+        assert _flat(iter_bson_blocks(_at(data, lo), lo, hi, block=block)) == list(iter_bson(_at(data, lo), lo, hi))
 
 
 def _at(data: bytes, offset: int) -> io.BytesIO:
