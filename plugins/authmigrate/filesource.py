@@ -15,6 +15,7 @@ load and validation are unchanged; pieces of a file that are not documents becom
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
 import os
 from pathlib import PurePosixPath
@@ -66,6 +67,16 @@ def _path(value: str):
     from airflow.sdk import ObjectStoragePath
 
     return ObjectStoragePath(value if "://" in value else f"file://{os.path.abspath(value)}")
+
+
+READ_BUFFER = 1 << 20  # bytes a reader of a dump file takes from the storage at a time
+
+
+def open_read(path):
+    """A dump file for reading, buffered here: the readers take a few bytes at a time (a length
+    prefix, a line), and each call on ``ObjectStoragePath``'s file object costs ~5 µs of Python
+    (a million documents: seconds)."""
+    return io.BufferedReader(path.open("rb"), READ_BUFFER)
 
 
 def _archive_file(cfg: RunConfig):
@@ -141,7 +152,7 @@ def dump_collections(cfg: RunConfig, skip: set[str] = frozenset()) -> dict[str, 
     archive = _archive_file(cfg)
     if archive is not None:
         meta, counts = Archive(), {}
-        with archive.open("rb") as fh:
+        with open_read(archive) as fh:
             for (db, coll), item in iter_archive(open_maybe_gzip(fh), meta):
                 if (not cfg.source_database or db == cfg.source_database) and coll not in skip:
                     counts[coll] = counts.get(coll, 0) + 1
@@ -152,7 +163,7 @@ def dump_collections(cfg: RunConfig, skip: set[str] = frozenset()) -> dict[str, 
         suffix = next((s for s in SUFFIXES if p.name.endswith(s)), None)
         if suffix and not p.name.endswith((".metadata.json", ".metadata.json.gz")) and \
                 p.name[: -len(suffix)] not in skip:
-            with p.open("rb") as fh:
+            with open_read(p) as fh:
                 reader = iter_bson if suffix.startswith(".bson") else iter_json
                 out[p.name[: -len(suffix)]] = sum(1 for _ in reader(open_maybe_gzip(fh)))
     return out
@@ -181,7 +192,7 @@ def items(cfg: RunConfig, collection: str, path, kind: str, start: int = 0, end:
             else:
                 yield item
         return
-    fh = path.open("rb")
+    fh = open_read(path)
     try:
         if kind == "archive":
             meta = Archive()
@@ -238,7 +249,7 @@ def plan(cfg: RunConfig, collection: str, incremental_keys: bool) -> list[dict]:
     with path.open("rb") as fh:
         gzipped = fh.read(2) == b"\x1f\x8b"  # by content, as the reader decides: not by the name
     if kind == "bson" and cfg.chunk_size and not gzipped:
-        with path.open("rb") as fh:
+        with open_read(path) as fh:
             bounds = bson_boundaries(fh, cfg.chunk_size)
         edges = [0, *bounds, None]
         for lo, hi in zip(edges, edges[1:]):
