@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import yaml
 from psycopg import sql
 
@@ -17,7 +16,7 @@ from authmigrate import sqlfiles
 from authmigrate.config import BOOKKEEPING_SCHEMA, DAG_ID, RunConfig, include_dir
 from authmigrate.db import connect, q, qualified, use_schema
 from authmigrate.registry import SOURCES, TABLES, Table
-from authmigrate.staging import read_frame
+from authmigrate.staging import iter_batches, read_frame
 
 log = logging.getLogger("authmigrate")
 COPY_BATCH = 50_000
@@ -112,7 +111,7 @@ def _copy_file(conn, staging: str, table: Table, path: Path) -> int:
     or, for a table with a column type it does not encode, as text, row by row."""
     cols = table.column_names
     schema = _binary_schema(table.name)
-    batches = pq.ParquetFile(path).iter_batches(batch_size=COPY_BATCH, columns=list(cols))
+    batches = iter_batches(path, COPY_BATCH, list(cols))
     n = 0
     if schema is not None:
         from pgpq import ArrowToPostgresBinaryEncoder
@@ -228,7 +227,7 @@ def _copy_rejects(conn, cfg: RunConfig, collection: str, path: Path) -> int:
     conn.execute(q("rejects_delete"), {"run_id": cfg.run_id, "collection": collection})
     n = 0
     with conn.cursor() as cur, cur.copy(q("rejects_copy")) as copy:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=COPY_BATCH):
+        for batch in iter_batches(path, COPY_BATCH):
             d = batch.to_pydict()
             for i in range(batch.num_rows):
                 copy.write_row((cfg.run_id, collection, d["source_id"][i], d["scope"][i], d["element"][i],

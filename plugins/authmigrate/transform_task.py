@@ -22,7 +22,7 @@ from authmigrate.db import connect, fetch_keys
 from authmigrate.memory import release
 from authmigrate.progress import Progress
 from authmigrate.registry import COLLECTIONS
-from authmigrate.staging import FrameWriter, collection_dir, read_frame, write_frame, write_table
+from authmigrate.staging import FrameWriter, collection_dir, iter_batches, read_frame, write_frame, write_table
 
 log = logging.getLogger("authmigrate")
 
@@ -34,7 +34,7 @@ def _paths(paths: str | list[str]) -> list[str]:
 def raw_batches(paths: str | list[str], batch_size: int):
     """The raw BSON of an export (one file, or its chunk files in key order), in batches."""
     for path in _paths(paths):
-        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=["bson"])
+        yield from iter_batches(path, batch_size, ["bson"])
 
 
 def export_rows(paths: str | list[str]) -> int:
@@ -198,8 +198,7 @@ def accept_part(files: list[tuple[str, list[int]] | str], start: int, out: Path,
     joined = FrameWriter(out / "user_roles.accepted.parquet")
     with accepted, joined:
         for path, groups in files:
-            batches = pq.ParquetFile(path).iter_batches(batch_size=max(batch_size, MIN_TRANSFORM_BATCH),
-                                                        row_groups=groups, columns=["bson"])
+            batches = iter_batches(path, max(batch_size, MIN_TRANSFORM_BATCH), ["bson"], row_groups=groups)
             for batch in batches:
                 positions: list[int] = []
                 docs, bad = tf.decode_documents(batch.column(0).to_pylist(), positions)
@@ -334,7 +333,7 @@ def transform_users_batched(paths: str | list[str], out, batch_size: int, census
         schema = pa.Schema.from_pandas(empty, preserve_index=False)  # with the pandas metadata of exact dtypes
         with FrameWriter(out / f"{name}.parquet") as writer:
             for source in sources:
-                for batch in pq.ParquetFile(source).iter_batches(batch_size=max(batch_size, MIN_TRANSFORM_BATCH)):
+                for batch in iter_batches(source, max(batch_size, MIN_TRANSFORM_BATCH)):
                     keep = pc.invert(pc.is_in(batch.column("_row"), value_set=lost_array))
                     batch = batch.filter(keep)
                     if name == "users":

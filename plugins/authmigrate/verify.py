@@ -181,6 +181,8 @@ def _copy_expected(conn, table: Table, path, expected: sql.Composable) -> int:
     import pyarrow.parquet as pq
     from pgpq import ArrowToPostgresBinaryEncoder
 
+    from authmigrate.staging import iter_batches
+
     text = pa.large_string()
     children = table.sync == "children"
     if children:
@@ -194,7 +196,7 @@ def _copy_expected(conn, table: Table, path, expected: sql.Composable) -> int:
     with conn.cursor() as cur, cur.copy(q("verify_expected_copy_binary", expected=expected,
                                           columns=tuple(schema.names))) as copy:
         copy.write(encoder.write_header())
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=HASH_BATCH, columns=columns):
+        for batch in iter_batches(path, HASH_BATCH, columns):
             if children:
                 arrays = [batch.column(columns[0]).cast(text), batch.column(columns[1]).cast(text)]
             else:
