@@ -45,6 +45,11 @@ class Table:
     def column_names(self) -> tuple[str, ...]:
         return tuple(self.columns)
 
+    @property
+    def child_column(self) -> str | None:
+        """For children: the key column that is not the parent's (the array element)."""
+        return next((c for c in self.key if c != self.parent_column), None) if self.sync == "children" else None
+
 
 @dataclass(frozen=True)
 class Field:

@@ -5,8 +5,9 @@ output (the data that was exported and mapped) and compared, set-based in SQL, w
 hash computed inside PostgreSQL from the loaded row. Join tables are compared per parent
 (the sorted set of child keys); from a transform file, its (parent, child) pairs are copied
 as they are and PostgreSQL aggregates them per parent exactly as it does the loaded rows.
-The validate task verifies two tables at a time, each on a connection of its own. A timezone shift, a truncated string or a swapped column fails
-the run, and the report names the first mismatching ids and fields.
+The validate task verifies two tables at a time, each on a connection of its own. A timezone
+shift, a truncated string or a swapped column fails the run, and the report names the first
+mismatching ids and fields.
 
 Canonical text of a value: NULL → ``~``; text → ``<length>:<text>``; boolean → ``1``/``0``;
 integer → decimal; timestamp → microseconds since the epoch; inet → its host text.
@@ -95,7 +96,7 @@ def row_hashes_arrow(table: Table, batch) -> list[tuple[str, str]]:
 def child_hashes(table: Table, df: pd.DataFrame) -> list[tuple[str, str]]:
     """Per parent: md5 of its children's ``<length>:<key>`` joined by commas, in code-point
     order (PostgreSQL side: ``ORDER BY ... COLLATE "C"``)."""
-    parent, child = table.parent_column, next(c for c in table.key if c != table.parent_column)
+    parent, child = table.parent_column, table.child_column
     if df.empty:
         return []
     pairs = df[[parent, child]].astype(object).sort_values([parent, child], kind="stable")
@@ -178,7 +179,6 @@ def _copy_expected(conn, table: Table, path, expected: sql.Composable) -> int:
     loaded ones). Returns the rows, or for a join table the parents."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
     from pgpq import ArrowToPostgresBinaryEncoder
 
     from authmigrate.staging import iter_batches
@@ -186,27 +186,26 @@ def _copy_expected(conn, table: Table, path, expected: sql.Composable) -> int:
     text = pa.large_string()
     children = table.sync == "children"
     if children:
-        columns = [table.parent_column, next(c for c in table.key if c != table.parent_column)]
+        columns = [table.parent_column, table.child_column]
         schema = pa.schema([("key", text), ("part", text)])
     else:
         columns = list(table.columns)
         schema = pa.schema([("key", text), ("hash", text)])
     encoder = ArrowToPostgresBinaryEncoder(schema)
-    n = 0
+    n, parents = 0, []
     with conn.cursor() as cur, cur.copy(q("verify_expected_copy_binary", expected=expected,
                                           columns=tuple(schema.names))) as copy:
         copy.write(encoder.write_header())
         for batch in iter_batches(path, HASH_BATCH, columns):
             if children:
                 arrays = [batch.column(columns[0]).cast(text), batch.column(columns[1]).cast(text)]
+                parents.append(arrays[0])
             else:
                 arrays = [batch.column(table.key[0]).cast(text), pa.array(_arrow_hashes(table, batch), text)]
             copy.write(encoder.write_batch(pa.RecordBatch.from_arrays(arrays, schema=schema)))
             n += batch.num_rows
         copy.write(encoder.finish())
-    if children:
-        return pc.count_distinct(pq.read_table(path, columns=[columns[0]]).column(columns[0])).as_py()
-    return n
+    return pc.count_distinct(pa.chunked_array(parents, text)).as_py() if children else n
 
 
 def verify_table(conn, table_name: str, expected, full: bool = True) -> tuple[bool, str]:
@@ -217,7 +216,6 @@ def verify_table(conn, table_name: str, expected, full: bool = True) -> tuple[bo
     table = TABLES[table_name]
     started = time.monotonic()
     children = table.sync == "children"
-    child = next(c for c in table.key if c != table.parent_column) if children else None
     target = sql.Identifier("pg_temp", f"verify_{table.name}")
     scope = sql.SQL("") if full else sql.SQL("AND e.key IS NOT NULL")
     conn.execute(q("verify_expected_drop", expected=target))
@@ -234,7 +232,7 @@ def verify_table(conn, table_name: str, expected, full: bool = True) -> tuple[bo
                 hashed += 1
     if children:
         compare = q("verify_pairs" if from_file else "verify_children", expected=target, target=table.name,
-                    parent=table.parent_column, child=child, scope=scope)
+                    parent=table.parent_column, child=table.child_column, scope=scope)
     else:
         compare = q("verify_rows", expected=target, target=table.name, key=table.key[0],
                     row_text=_row_text(table), scope=scope)
