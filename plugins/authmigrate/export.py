@@ -89,26 +89,39 @@ def watermark(cfg: RunConfig, collection: str) -> dt.datetime | None:
     return row[0] if row else None
 
 
-def _write_raw(cursor, out: Path, batch_size: int, progress: Progress) -> int:
-    """Stream raw BSON documents from a cursor into a Parquet file (row group per batch)."""
+def _write_columns(columns, out: Path, batch_size: int, progress: Progress) -> int:
+    """Arrow binary columns of raw BSON documents into a Parquet file (replaced atomically), in
+    row groups of at most ``batch_size``; an export of nothing has one empty row group."""
     tmp = out.with_suffix(".parquet.partial")
     batches = 0
     with private_file(tmp) as fh, pq.ParquetWriter(fh, SCHEMA) as writer:
+        for column in columns:
+            for start in range(0, len(column), batch_size):
+                part = column.slice(start, batch_size)
+                writer.write_table(pa.table({"bson": part}, schema=SCHEMA))
+                progress.advance(len(part))
+                batches += 1
+        if batches == 0:
+            writer.write_table(pa.table({"bson": pa.array([], pa.binary())}, schema=SCHEMA))
+            batches = 1
+    tmp.replace(out)
+    progress.log(final=True)
+    return batches
+
+
+def _write_raw(cursor, out: Path, batch_size: int, progress: Progress) -> int:
+    """Stream raw BSON documents from a cursor into a Parquet file (row group per batch)."""
+    def columns():
         batch: list[bytes] = []
         for doc in cursor:
             batch.append(doc.raw)
             if len(batch) >= batch_size:
-                writer.write_table(pa.table({"bson": pa.array(batch, pa.binary())}, schema=SCHEMA))
-                progress.advance(len(batch))
-                batches += 1
+                yield pa.array(batch, pa.binary())
                 batch = []
-        if batch or batches == 0:
-            writer.write_table(pa.table({"bson": pa.array(batch, pa.binary())}, schema=SCHEMA))
-            progress.advance(len(batch))
-            batches += 1
-    tmp.replace(out)
-    progress.log(final=True)
-    return batches
+        if batch:
+            yield pa.array(batch, pa.binary())
+
+    return _write_columns(columns(), out, batch_size, progress)
 
 
 # --------------------------------------------------------------------------- chunks
@@ -289,33 +302,21 @@ def _export_file_chunk(cfg: RunConfig, chunk: dict) -> dict:
 def _write_bson_blocks(blocks, bad: list, file: str, out: Path, batch_size: int, progress: Progress) -> int:
     """A ``.bson`` file's documents into the export's Parquet file, a block of the file at a time:
     each block's documents become one Arrow binary column over the block's bytes (no Python
-    object per document), written in row groups of ``batch_size``; the bad pieces go to ``bad``
-    as rejects."""
+    object per document); the bad pieces go to ``bad`` as rejects."""
     from array import array
 
     from authmigrate import filesource
 
-    tmp = out.with_suffix(".parquet.partial")
-    batches = 0
-    with private_file(tmp) as fh, pq.ParquetWriter(fh, SCHEMA) as writer:
+    def columns():
         for item in blocks:
             if item[0] == "bad":
                 bad.append(filesource.reject(file, item[2], item[3]))
                 continue
             _, _, data, cuts = item
-            column = pa.Array.from_buffers(pa.binary(), len(cuts) - 1,
-                                           [None, pa.py_buffer(array("i", cuts)), pa.py_buffer(data)])
-            for start in range(0, len(column), batch_size):
-                part = column.slice(start, batch_size)
-                writer.write_table(pa.table({"bson": part}, schema=SCHEMA))
-                progress.advance(len(part))
-                batches += 1
-        if batches == 0:
-            writer.write_table(pa.table({"bson": pa.array([], pa.binary())}, schema=SCHEMA))
-            batches = 1
-    tmp.replace(out)
-    progress.log(final=True)
-    return batches
+            yield pa.Array.from_buffers(pa.binary(), len(cuts) - 1,
+                                        [None, pa.py_buffer(array("i", cuts)), pa.py_buffer(data)])
+
+    return _write_columns(columns(), out, batch_size, progress)
 
 
 class _Raw:

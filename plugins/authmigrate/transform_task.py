@@ -186,8 +186,9 @@ def accept_part(files: list[tuple[str, list[int]] | str], start: int, out: Path,
     and their join rows (``user_roles.accepted``), each tagged with its document's position in
     the export (``start`` is that of the first). ``files``: export files, or (file, row groups)."""
     files = [(f, None) if isinstance(f, str) else f for f in files]
-    total = sum(pq.ParquetFile(p).metadata.num_rows if groups is None else
-                sum(pq.ParquetFile(p).metadata.row_group(i).num_rows for i in groups) for p, groups in files)
+    metas = [pq.ParquetFile(p).metadata for p, _ in files]
+    total = sum(m.num_rows if groups is None else sum(m.row_group(i).num_rows for i in groups)
+                for m, (_, groups) in zip(metas, files))
     progress = Progress(what, total)
     census = FieldCensus()
     part = {"rejects": [], "undecodable": [], "element_rejects": [], "wildcard_rows": [], "decoded": 0,

@@ -357,11 +357,8 @@ def kill_process_group(proc, timeout: float = 30) -> None:
         except psutil.NoSuchProcess:
             return False
 
-    deadline = time.monotonic() + timeout
-    while left := [p for p in started if alive(p)]:
-        assert time.monotonic() < deadline, \
-            f"processes of the killed run still alive {timeout:.0f}s after the kill: {[p.pid for p in left]}"
-        time.sleep(0.05)
+    wait_for(lambda: not any(alive(p) for p in started), timeout,
+             f"the killed run's processes {[p.pid for p in started]} to be gone", interval=0.05)
 
 
 # --------------------------------------------------------------------------- fixtures
