@@ -395,7 +395,11 @@ class KeySet:
         wanted = [c for c in candidates if isinstance(c, str)]
         if not wanted:
             return set()
-        found = pc.is_in(pa.array(wanted, self.keys.type), value_set=self.keys).to_numpy(zero_copy_only=False)
+        asked = pa.array(wanted, self.keys.type)
+        # the hash table over the few candidates, probed by every key (once), not one over the
+        # million keys per call: a batched transform asks per batch
+        present = self.keys.filter(pc.is_in(self.keys, value_set=pc.unique(asked)))
+        found = pc.is_in(asked, value_set=present).to_numpy(zero_copy_only=False)
         return set(compress(wanted, found))  # the candidates' own string objects: no copies
 
     def __contains__(self, key: object) -> bool:
@@ -749,12 +753,11 @@ def _grant_all_wildcard(frame: pd.DataFrame) -> pd.DataFrame:
 FRAME_HOOKS = {"grant_all_wildcard": _grant_all_wildcard}  # hooks the declared transform applies
 
 
-def transform_declared(spec: Collection, docs: pd.DataFrame, known: dict[str, Container[str]],
-                       existing: pd.DataFrame | None = None) -> Result:
-    """Any collection by its declaration alone: coerce every field (§2), reject documents whose
-    ``reject`` references dangle, drop collisions and duplicates (key, then each Unique), NULL
-    the ``null`` references that dangle (a field reject each), apply the frame hooks, explode
-    each array into its join table. ``known``: per referenced collection, its accepted keys."""
+def declared_accept(spec: Collection, docs: pd.DataFrame, known: dict[str, Container[str]]
+                    ) -> tuple[pd.DataFrame, list[dict], dict[str, Container[str]]]:
+    """The per-document part of a declared transform before its uniqueness contests: coerce
+    every field (§2), reject documents whose ``reject`` references dangle. Returns the accepted
+    frame, the rejects and ``known`` narrowed to the keys these documents reference."""
     frame, rejects = _coerce(docs, RULES[spec.name])
     sources = docs["_doc"]
     wanted: dict[str, list] = {}
@@ -773,7 +776,16 @@ def transform_declared(spec: Collection, docs: pd.DataFrame, known: dict[str, Co
             rejects.append(_reject_row(sources.iat[frame.at[idx, "_row"]], "document", None, r.code,
                                        f"{r.what} {frame.at[idx, r.column]} does not exist (or was rejected)"))
         frame = frame[~dangling]
-    frame, rejects = _unique(spec, frame, docs, existing, rejects)
+    return frame, rejects, known
+
+
+def declared_rows(spec: Collection, frame: pd.DataFrame, docs: pd.DataFrame, known: dict[str, Container[str]],
+                  rejects: list[dict], sort: bool = True) -> tuple[dict[str, pd.DataFrame], dict[str, dict]]:
+    """The per-document part after the contests: NULL the ``null`` references that dangle (a
+    field reject each, appended to ``rejects``), apply the frame hooks, explode each array into
+    its join table. Returns the typed tables (sorted by key unless ``sort`` is false) and each
+    join table's element counts."""
+    sources = docs["_doc"]
     for r in spec.references:
         if r.dangling != "null":
             continue
@@ -787,18 +799,34 @@ def transform_declared(spec: Collection, docs: pd.DataFrame, known: dict[str, Co
         frame = frame.assign(**{r.column: pd.Series(values, index=frame.index, dtype=object)})
     for hook in spec.hooks:
         frame = FRAME_HOOKS[hook](frame)  # a declared transform has frame hooks only (checked below)
-    frame = frame.sort_values("id", kind="stable")
+    if sort:
+        frame = frame.sort_values("id", kind="stable")
     tables = {spec.table: _typed(frame, spec.table)}
     arrays = {}
     for a in spec.arrays:
         rows, el_rejects, counts = _explode(frame, docs, a.column, "id", a.element_column, element_rule(a),
                                             known.get(a.references) if a.references else None,
                                             a.dangling_code, a.dangling_what)
-        rows = rows.rename(columns={"id": a.parent_column}).sort_values([a.parent_column, a.element_column])
+        rows = rows.rename(columns={"id": a.parent_column})
+        if sort:
+            rows = rows.sort_values([a.parent_column, a.element_column])
         rejects += el_rejects
         counts.pop("_wildcard_rows")
         tables[a.table] = _typed(rows, a.table)
         arrays[a.table] = counts
+    return tables, arrays
+
+
+def transform_declared(spec: Collection, docs: pd.DataFrame, known: dict[str, Container[str]],
+                       existing: pd.DataFrame | None = None) -> Result:
+    """Any collection by its declaration alone: coerce every field (§2), reject documents whose
+    ``reject`` references dangle, drop collisions and duplicates (key, then each Unique), NULL
+    the ``null`` references that dangle (a field reject each), apply the frame hooks, explode
+    each array into its join table. ``known``: per referenced collection, its accepted keys.
+    (``transform_task.transform_declared_batched`` does the same a batch at a time.)"""
+    frame, rejects, known = declared_accept(spec, docs, known)
+    frame, rejects = _unique(spec, frame, docs, existing, rejects)
+    tables, arrays = declared_rows(spec, frame, docs, known, rejects)
     return _finish(docs, rejects, tables, {"arrays": arrays} if arrays else {})
 
 

@@ -7,9 +7,11 @@ import logging
 import os
 import shutil
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -362,6 +364,85 @@ def transform_users_batched(paths: str | list[str], out, batch_size: int, census
     return result, {name: str(path) for name, path in survivors.items()}, newest, undecodable
 
 
+def _document_batches(paths: list[str], collection: str, batch_size: int, what: str):
+    """The export a batch at a time: (export position of the batch's first document, positions
+    in the batch of the decoded documents, the documents, the undecodable ones' rejects, the
+    documents frame with ``_doc``), with progress lines."""
+    projection = COLLECTIONS[collection].projection
+    progress = Progress(what, export_rows(paths))
+    start = 0
+    for batch in raw_batches(paths, max(batch_size, MIN_TRANSFORM_BATCH)):
+        raws, positions = batch.column(0).to_pylist(), []
+        docs, bad = tf.decode_documents(raws, positions)
+        yield start, np.asarray(positions, dtype=np.int64), docs, bad, \
+            tf.documents_frame(docs, projection, [raws[i] for i in positions])
+        start += batch.num_rows
+        progress.advance(batch.num_rows)
+    progress.log(final=True)
+
+
+def transform_declared_batched(collection: str, paths: str | list[str], out: Path, batch_size: int,
+                               known: dict, census: FieldCensus | None = None
+                               ) -> tuple[tf.Result, dict[str, str], dt.datetime | None, list[dict]]:
+    """A declared collection's full transform holding one batch of documents at a time (plus
+    the whole collection's key columns), with exactly the result of
+    :func:`transform.transform_declared` on the whole export (tests/unit/test_transform_batched.py).
+
+    1. Per batch, :func:`transform.declared_accept`; keep only the accepted rows' key, unique
+       and order columns. Rank them over the whole collection (``duplicate_plan``).
+    2. Per batch again, accept, reject the contests' losers, and write the rest's rows
+       (:func:`transform.declared_rows`) in export order, as the batched users transform does
+       (sorting the files as the one-frame transform sorts its frames cost ~110 MiB at 1M).
+    Returns the result (its tables are files), their paths, the newest ``updatedAt`` seen and
+    the undecodable documents' rejects."""
+    spec = COLLECTIONS[collection]
+    paths = _paths(paths)
+    columns = list(dict.fromkeys(c for subset, order, *_ in spec.duplicate_passes for c in (*subset, *order)))
+    keys = []
+    for start, positions, _, _, frame in _document_batches(paths, collection, batch_size,
+                                                              f"transform {collection}, keys"):
+        accepted, _, _ = tf.declared_accept(spec, frame, known)
+        keys.append(accepted[[*columns, "mongo_id"]].assign(_row=positions[accepted["_row"].to_numpy()] + start))
+    keys = pd.concat(keys, ignore_index=True) if keys else pd.DataFrame(columns=[*columns, "mongo_id", "_row"])
+    losers = {row: (code, reason) for row, code, reason in tf.duplicate_plan(keys, spec.duplicate_passes)}
+    lost = np.fromiter(losers, dtype=np.int64, count=len(losers))
+    keys = None
+    log.info("transform %s: %d documents lose a uniqueness contest", collection, len(losers))
+
+    rejects, undecodable, arrays, newest, decoded = [], [], {}, None, 0
+    names = [spec.table, *(a.table for a in spec.arrays)]
+    with ExitStack() as stack:
+        writers = {name: stack.enter_context(FrameWriter(out / f"{name}.parquet")) for name in names}
+        for start, positions, docs, bad, frame in _document_batches(paths, collection, batch_size,
+                                                                    f"transform {collection}"):
+            if census is not None:
+                census.add(docs)
+            undecodable += bad
+            decoded += len(docs)
+            stamps = [t for t in frame.get("updatedAt", ()) if isinstance(t, dt.datetime)]
+            if stamps:
+                newest = max(stamps) if newest is None else max(newest, *stamps)
+            docs = None
+            accepted, batch_rejects, narrowed = tf.declared_accept(spec, frame, known)
+            where = positions[accepted["_row"].to_numpy()] + start
+            losing = np.isin(where, lost)
+            for row, local in zip(where[losing].tolist(), accepted["_row"][losing].tolist()):
+                code, reason = losers[row]
+                batch_rejects.append(tf._reject_row(frame["_doc"].iat[local], "document", None, code, reason))
+            tables, counts = tf.declared_rows(spec, accepted[~losing], frame, narrowed, batch_rejects, sort=False)
+            rejects += batch_rejects
+            for name, table in tables.items():
+                writers[name].write(table)
+            for name, c in counts.items():
+                arrays[name] = {k: arrays.get(name, {}).get(k, 0) + v for k, v in c.items()}
+        files = {name: writers[name].close(tf._typed(pd.DataFrame(), name)) for name in names}
+    for a in spec.arrays:
+        arrays.setdefault(a.table, {"array_elements": 0, "rejected_elements": 0, "wildcard_elements": 0})
+    result = tf._finish(decoded, rejects, {}, {"arrays": arrays} if spec.arrays else {})
+    result.counts["rows"] = {name: pq.ParquetFile(files[name]).metadata.num_rows for name in names}
+    return result, {name: str(path) for name, path in files.items()}, newest, undecodable
+
+
 def _key_list(collection: str, values) -> list[str]:
     coerce, out = tf.RULES[collection]["id"][1], []
     for v in values:
@@ -414,6 +495,8 @@ def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstre
         return _transform_users_file(cfg, exported)
     spec = COLLECTIONS[collection]
     census = FieldCensus()
+    if spec.module is None and exported.get("mode") != "incremental":
+        return _transform_declared_file(cfg, collection, exported, upstream)
     frame, undecodable = read_documents_frame(exported["paths"], collection, census=census)
     undecodable += file_rejects(exported)
     out = collection_dir(cfg, collection, "transform")
@@ -465,6 +548,17 @@ def _transform_users_file(cfg: RunConfig, exported: dict) -> dict:
     undecodable += file_rejects(exported)
     return _outputs("users", out, result, files, undecodable, newest, False, None, None,
                     collection_census(census, "users"))
+
+
+def _transform_declared_file(cfg: RunConfig, collection: str, exported: dict, upstream: dict[str, dict | None]) -> dict:
+    out = collection_dir(cfg, collection, "transform")
+    census = FieldCensus()
+    known = {dep: _keys(cfg, dep, upstream.get(dep)) for dep in COLLECTIONS[collection].depends_on}
+    result, files, newest, undecodable = transform_declared_batched(collection, exported["paths"], out,
+                                                                    cfg.batch_size, known, census)
+    undecodable += file_rejects(exported)
+    return _outputs(collection, out, result, files, undecodable, newest, False, None, None,
+                    collection_census(census, collection))
 
 
 def _outputs(collection: str, out, result: tf.Result, files: dict[str, str], undecodable: list[dict],

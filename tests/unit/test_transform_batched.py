@@ -130,3 +130,53 @@ def test_transform_workers_come_from_the_setting_and_the_export_size(monkeypatch
     with pytest.raises(ConfigError, match="AUTHMIGRATE_TRANSFORM_WORKERS must be a positive integer") as err:
         tt.transform_workers(1_000_000, 200)
     assert isinstance(err.value, Permanent)  # a setting: no retry
+
+
+@pytest.mark.parametrize("collection", ["oauthRoles", "userAppConsents", "invitations"])
+@pytest.mark.parametrize("batch", [7, 97, 100_000])
+def test_batched_declared_transform_equals_the_one_frame_transform(tmp_path, monkeypatch, collection, batch):
+    """A declared collection's full transform, a batch at a time (the roles and consents of a
+    million users no longer sit in one frame): the same rows in the same order, rejects
+    (duplicates across batches, dangling references, element rejects) and counts."""
+    from authmigrate.census import FieldCensus
+
+    monkeypatch.setattr(tt, "MIN_TRANSFORM_BATCH", 1)
+    source = generate(2000, seed=11, dirty_ratio=0.25)
+    docs = documents().get(collection, []) + source[collection]
+    key = COLLECTIONS[collection].key.source
+    # copies far from their originals, in later batches: the same key; another key, the same unique columns
+    n = len(docs)
+    docs += [dict(docs[i]) for i in (1, n // 2)] + [{**docs[i], key: f"{i:06d}9"} for i in (2, n * 2 // 3)]
+    raws = [bson.encode({**d, "_id": d.get("_id", ObjectId(f"{i:024x}"))}) for i, d in enumerate(docs)]
+    bad = bson.encode({"_id": ObjectId(), "x": "x"}).replace(b"x\x00", b"\xff\x00", 1)
+    raws = raws[:150] + [bad] + raws[150:]
+    # every tenth user and app is "rejected": references to them dangle
+    users = tt._key_list("users", [u.get("userId") for u in source["users"]])
+    apps = tt._key_list("oauthClientApps", [a.get("oauthClientAppId") for a in source["oauthClientApps"]])
+    known = {"users": tf.KeySet(pa.array([u for i, u in enumerate(users) if i % 10])),
+             "oauthClientApps": tf.KeySet(pa.array([a for i, a in enumerate(apps) if i % 10]))}
+    known = {k: v for k, v in known.items() if k in COLLECTIONS[collection].depends_on}
+
+    decoded, undecodable = tf.decode_documents(raws)
+    whole = tf.transform(collection, tf.documents_frame(decoded, COLLECTIONS[collection].projection), known)
+    assert len(undecodable) == 1 and whole.counts["rejected_documents"] >= 3  # dirty enough
+    assert {"duplicate_key", *(u.code for u in COLLECTIONS[collection].unique)} <= set(
+        whole.counts["rejects_by_reason"])  # the contests cross batches
+    out = tmp_path / "out"
+    out.mkdir()
+    census = FieldCensus()
+    result, files, newest, bad_rows = tt.transform_declared_batched(collection, str(_export(tmp_path, raws)), out,
+                                                                    batch, known, census)
+
+    assert [r["reason_code"] for r in bad_rows] == ["undecodable_document"]
+    assert set(files) == set(whole.tables) and sorted(p.name for p in out.iterdir()) == sorted(
+        f"{name}.parquet" for name in whole.tables)
+    for name, frame in whole.tables.items():  # same rows (in export order, not sorted), as the load reads them
+        got, want = read_frame(files[name]), read_frame(write_frame(frame, tmp_path / f"{name}.whole.parquet"))
+        assert got.dtypes.to_dict() == want.dtypes.to_dict()
+        pd.testing.assert_frame_equal(_sorted(got), _sorted(want))
+    pd.testing.assert_frame_equal(_sorted(result.rejects), _sorted(whole.rejects))
+    assert result.counts == whole.counts
+    stamps = [d["updatedAt"] for d in decoded if isinstance(d.get("updatedAt"), type(newest))]
+    assert newest == (max(stamps) if stamps else None)
+    assert census.paths() and sum(1 for _ in decoded) == result.counts["source_documents"]
