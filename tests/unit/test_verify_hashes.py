@@ -66,3 +66,13 @@ def test_arrow_row_hashes_equal_the_pandas_rule_for_every_kind_of_value(tmp_path
     batch = next(pq.ParquetFile(path).iter_batches())
     assert isinstance(batch, pa.RecordBatch)
     assert verify.row_hashes_arrow(EVERY_KIND, batch) == verify.row_hashes(EVERY_KIND, typed)
+
+
+def test_parent_runs_count_each_parent_once_across_batch_boundaries():
+    parents = ["a", "a", "b", "b", "b", "c", "d", "d", "e"]
+    for size in (1, 2, 3, 4, 9):
+        runs, last = 0, None
+        for i in range(0, len(parents), size):
+            runs, last = verify._parent_runs(pa.array(parents[i:i + size], pa.large_string()), runs, last)
+        assert (runs, last) == (5, "e")
+    assert verify._parent_runs(pa.array([], pa.large_string()), 3, "x") == (3, "x")
