@@ -547,6 +547,52 @@ def duplicate_plan(frame: pd.DataFrame, passes: tuple, coded: bool = False) -> l
     return out
 
 
+def _combined(codes: list[np.ndarray]) -> np.ndarray:
+    """One int64 code per row for several columns of non-negative codes (equal iff all are)."""
+    out = codes[0]
+    for c in codes[1:]:
+        width = int(c.max()) + 1 if len(c) else 1
+        if len(out) and int(out.max()) >= (2 ** 62) // width:  # would overflow: make the codes dense first
+            out = np.unique(out, return_inverse=True)[1].astype(np.int64)
+        out = out * width + c
+    return out
+
+
+def coded_duplicate_plan(columns: dict[str, np.ndarray], rows: np.ndarray, passes: tuple) -> list[tuple]:
+    """:func:`duplicate_plan` with ``coded=True`` in numpy over int64 arrays: every column holds
+    order-preserving codes >= 0, -1 for NULL (``mongo_id`` among them). A million users rank in
+    a few int64 arrays, where the pandas frame of nullable columns took ~300 MiB more. Entries:
+    (``rows`` value, reason code, (what, subset, key codes, winner's mongo_id code)), pass by
+    pass, each pass's losers in rank order (tests/unit/test_transform.py holds it to
+    :func:`duplicate_plan`)."""
+    alive = np.ones(len(rows), dtype=bool)
+    big = np.iinfo(np.int64).max
+    out = []
+    for subset, order, asc, code, what, _ in passes:
+        idx = np.flatnonzero(alive)
+        sort_keys = []
+        for name, up in zip([*order, "mongo_id"], [*asc, True]):
+            c = columns[name][idx]
+            sort_keys.append(np.where(c < 0, big, c if up else -c))  # NULLs last either way
+        ranked = idx[np.lexsort(sort_keys[::-1])] if len(idx) else idx  # stable: ties keep row order
+        keys = [columns[c][ranked] for c in subset]
+        has_all = np.logical_and.reduce([k >= 0 for k in keys])
+        contested = ranked[has_all]
+        if not len(contested):
+            continue
+        _, first, inverse = np.unique(_combined([k[has_all] for k in keys]), return_index=True,
+                                      return_inverse=True)  # first: the first row (in rank order) of each key
+        lose = np.ones(len(contested), dtype=bool)
+        lose[first] = False
+        losers = contested[lose]
+        winners = contested[first[inverse.reshape(-1)[lose]]]
+        key_codes = np.stack([columns[c][losers] for c in subset], axis=1).tolist()
+        out += [(int(r), code, (what, subset, tuple(k), int(w)))
+                for r, k, w in zip(rows[losers].tolist(), key_codes, columns["mongo_id"][winners].tolist())]
+        alive[losers] = False
+    return out
+
+
 def _drop_duplicates(frame: pd.DataFrame, docs: pd.DataFrame, subset: list[str], order: list[str],
                      ascending: list[bool], code: str, what: str, casefold: bool = False
                      ) -> tuple[pd.DataFrame, list[dict]]:

@@ -28,6 +28,7 @@ import os  # noqa: E402
 from collections import Counter  # noqa: E402
 
 import bson  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 from bson import Decimal128, ObjectId  # noqa: E402
@@ -412,3 +413,29 @@ def test_decode_then_transform_accounts_for_every_document(docs, corrupt):
     rejected.update(r["source_id"] for r in undecodable)
     for d in docs:
         assert (str(d["_id"]) in accepted) + rejected[str(d["_id"])] == 1
+
+
+def _codes(draw_list):
+    return [None if v < 0 else v for v in draw_list]
+
+
+@given(st.integers(0, 60).flatmap(lambda n: st.tuples(
+    *(st.lists(st.integers(-1, width), min_size=n, max_size=n) for width in (6, 3, 3, 4, 4)),
+    st.permutations(range(n)))))
+@settings(max_examples=300, deadline=None)
+def test_coded_duplicate_plan_equals_the_pandas_plan(data):
+    """The numpy contests of the batched users transform: the same losers, in the same order,
+    with the same keys and winners as :func:`transform.duplicate_plan` over a coded frame;
+    NULLs (-1) never contest and sort last, descending and multi-column orders included."""
+    ids, a, b, created, updated, mongo = data
+    passes = ((["id"], ["updated_at"], [False], "duplicate_key", "key", False),
+              (["a", "b"], ["created_at"], [True], "duplicate_pair", "pair", False),
+              (["a"], ["created_at", "updated_at"], [True, False], "duplicate_a", "a", False))
+    columns = {"id": ids, "a": a, "b": b, "created_at": created, "updated_at": updated, "mongo_id": list(mongo)}
+    frame = pd.DataFrame({k: pd.array(_codes(v), dtype="Int64") for k, v in columns.items()})
+    frame["_row"] = [10 * i for i in range(len(ids))]
+    want = [(row, code, (what, subset, tuple(int(v) for v in key), int(winner)))
+            for row, code, (what, subset, key, winner) in tf.duplicate_plan(frame, passes, coded=True)]
+    got = tf.coded_duplicate_plan({k: np.array(v, dtype=np.int64) for k, v in columns.items()},
+                                  frame["_row"].to_numpy(), passes)
+    assert got == want
