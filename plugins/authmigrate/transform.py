@@ -549,7 +549,7 @@ def duplicate_plan(frame: pd.DataFrame, passes: tuple, coded: bool = False) -> l
 
 def _combined(codes: list[np.ndarray]) -> np.ndarray:
     """One int64 code per row for several columns of non-negative codes (equal iff all are)."""
-    out = codes[0]
+    out = codes[0].astype(np.int64)
     for c in codes[1:]:
         width = int(c.max()) + 1 if len(c) else 1
         if len(out) and int(out.max()) >= (2 ** 62) // width:  # would overflow: make the codes dense first
@@ -558,30 +558,45 @@ def _combined(codes: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+def _repeated(keys: list[np.ndarray]) -> np.ndarray:
+    """Which rows share their key (every column non-NULL, i.e. >= 0) with another row."""
+    has_all = np.logical_and.reduce([k >= 0 for k in keys])
+    out = np.zeros(len(has_all), dtype=bool)
+    if not has_all.any():
+        return out
+    if len(keys) == 1:  # dense codes: count them
+        k = keys[0][has_all]
+        out[has_all] = np.bincount(k)[k] > 1
+    else:
+        _, inverse, counts = np.unique(_combined([k[has_all] for k in keys]), return_inverse=True,
+                                       return_counts=True)
+        out[has_all] = counts[inverse.reshape(-1)] > 1
+    return out
+
+
 def coded_duplicate_plan(columns: dict[str, np.ndarray], rows: np.ndarray, passes: tuple) -> list[tuple]:
-    """:func:`duplicate_plan` with ``coded=True`` in numpy over int64 arrays: every column holds
-    order-preserving codes >= 0, -1 for NULL (``mongo_id`` among them). A million users rank in
-    a few int64 arrays, where the pandas frame of nullable columns took ~300 MiB more. Entries:
-    (``rows`` value, reason code, (what, subset, key codes, winner's mongo_id code)), pass by
-    pass, each pass's losers in rank order (tests/unit/test_transform.py holds it to
-    :func:`duplicate_plan`)."""
+    """:func:`duplicate_plan` with ``coded=True`` in numpy over integer arrays: every column holds
+    order-preserving codes >= 0, -1 for NULL (``mongo_id`` among them). Per pass, only the rows
+    whose key repeats are ranked (a subset keeps its relative rank order); a million users
+    rank in a few integer arrays, where the pandas frame of nullable columns took ~300 MiB more.
+    Entries: (``rows`` value, reason code, (what, subset, key codes, winner's mongo_id code)),
+    pass by pass, each pass's losers in rank order (tests/unit/test_transform_properties.py
+    holds it to :func:`duplicate_plan`)."""
     alive = np.ones(len(rows), dtype=bool)
     big = np.iinfo(np.int64).max
     out = []
     for subset, order, asc, code, what, _ in passes:
         idx = np.flatnonzero(alive)
+        idx = idx[_repeated([columns[c][idx] for c in subset])]  # the contested rows, in row order
+        if not len(idx):
+            continue
         sort_keys = []
         for name, up in zip([*order, "mongo_id"], [*asc, True]):
-            c = columns[name][idx]
+            c = columns[name][idx].astype(np.int64)
             sort_keys.append(np.where(c < 0, big, c if up else -c))  # NULLs last either way
-        ranked = idx[np.lexsort(sort_keys[::-1])] if len(idx) else idx  # stable: ties keep row order
-        keys = [columns[c][ranked] for c in subset]
-        has_all = np.logical_and.reduce([k >= 0 for k in keys])
-        contested = ranked[has_all]
-        if not len(contested):
-            continue
-        _, first, inverse = np.unique(_combined([k[has_all] for k in keys]), return_index=True,
-                                      return_inverse=True)  # first: the first row (in rank order) of each key
+        contested = idx[np.lexsort(sort_keys[::-1])]  # stable: ties keep row order
+        _, first, inverse = np.unique(_combined([columns[c][contested].astype(np.int64) for c in subset]),
+                                      return_index=True, return_inverse=True)  # each key's first row in rank order
         lose = np.ones(len(contested), dtype=bool)
         lose[first] = False
         losers = contested[lose]

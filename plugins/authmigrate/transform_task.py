@@ -92,9 +92,9 @@ def _column(paths: list[Path], name: str) -> pa.ChunkedArray:
 
 
 def _coded_keys(paths: list[Path]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The key columns of the accepted users as int64 codes (-1 for NULL), for
+    """The key columns of the accepted users as int32 codes (-1 for NULL), for
     :func:`transform.coded_duplicate_plan`, and the rows' ``_row``: a million rows rank in a few
-    int64 arrays, with no Python string per value. A code is the value's dense rank (text
+    integer arrays, with no Python string per value. A code is the value's dense rank (text
     case-folded where its pass folds, in code-point order: the order pandas sorts Python
     strings in), so codes sort like the values. Ranking sorts: at 1M it took half the time and
     half the memory of hashing the distinct values."""
@@ -107,8 +107,8 @@ def _coded_keys(paths: list[Path]) -> tuple[dict[str, np.ndarray], np.ndarray]:
             column = _casefold(column)
         if pa.types.is_timestamp(column.type):
             column = column.cast(pa.int64())  # its stored instants: they sort like the times
-        rank = pc.rank(column, sort_keys="ascending", tiebreaker="dense").to_numpy().astype(np.int64) - 1
-        codes[name] = np.where(column.is_null().to_numpy(zero_copy_only=False), -1, rank)
+        rank = pc.rank(column, sort_keys="ascending", tiebreaker="dense").to_numpy().astype(np.int32) - 1
+        codes[name] = np.where(column.is_null().to_numpy(zero_copy_only=False), np.int32(-1), rank)
         column = rank = None
     rows = _column(paths, "_row").to_numpy()
     release()

@@ -436,6 +436,6 @@ def test_coded_duplicate_plan_equals_the_pandas_plan(data):
     frame["_row"] = [10 * i for i in range(len(ids))]
     want = [(row, code, (what, subset, tuple(int(v) for v in key), int(winner)))
             for row, code, (what, subset, key, winner) in tf.duplicate_plan(frame, passes, coded=True)]
-    got = tf.coded_duplicate_plan({k: np.array(v, dtype=np.int64) for k, v in columns.items()},
+    got = tf.coded_duplicate_plan({k: np.array(v, dtype=np.int32) for k, v in columns.items()},
                                   frame["_row"].to_numpy(), passes)
     assert got == want
