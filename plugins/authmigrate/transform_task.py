@@ -311,7 +311,6 @@ def transform_users_batched(paths: str | list[str], out, batch_size: int, census
     legacy = pd.concat([p["legacy"] for p in parts], ignore_index=True)
     parts = None
 
-    # the coded frame goes in as a temporary: each pass's copy then replaces it, never two held
     codes, rows = _coded_keys(accepted_paths)
     losers = _decoded(accepted_paths, codes, tf.coded_duplicate_plan(codes, rows, tf.USER_DUPLICATES))
     codes = rows = None
@@ -402,7 +401,7 @@ def transform_declared_batched(collection: str, paths: str | list[str], out: Pat
     for start, positions, _, _, frame in _document_batches(paths, collection, batch_size,
                                                               f"transform {collection}, keys"):
         accepted, _, _ = tf.declared_accept(spec, frame, known)
-        keys.append(accepted[[*columns, "mongo_id"]].assign(_row=positions[accepted["_row"].to_numpy()] + start))
+        keys.append(accepted[[*columns, "mongo_id"]].assign(_row=positions[accepted["_row"].to_numpy(dtype=np.int64)] + start))
     keys = pd.concat(keys, ignore_index=True) if keys else pd.DataFrame(columns=[*columns, "mongo_id", "_row"])
     losers = {row: (code, reason) for row, code, reason in tf.duplicate_plan(keys, spec.duplicate_passes)}
     lost = np.fromiter(losers, dtype=np.int64, count=len(losers))
@@ -424,7 +423,7 @@ def transform_declared_batched(collection: str, paths: str | list[str], out: Pat
                 newest = max(stamps) if newest is None else max(newest, *stamps)
             docs = None
             accepted, batch_rejects, narrowed = tf.declared_accept(spec, frame, known)
-            where = positions[accepted["_row"].to_numpy()] + start
+            where = positions[accepted["_row"].to_numpy(dtype=np.int64)] + start
             losing = np.isin(where, lost)
             for row, local in zip(where[losing].tolist(), accepted["_row"][losing].tolist()):
                 code, reason = losers[row]
@@ -494,9 +493,9 @@ def transform_collection(cfg: RunConfig, collection: str, exported: dict, upstre
     if collection == "users" and exported.get("mode") != "incremental":
         return _transform_users_file(cfg, exported)
     spec = COLLECTIONS[collection]
-    census = FieldCensus()
     if spec.module is None and exported.get("mode") != "incremental":
         return _transform_declared_file(cfg, collection, exported, upstream)
+    census = FieldCensus()
     frame, undecodable = read_documents_frame(exported["paths"], collection, census=census)
     undecodable += file_rejects(exported)
     out = collection_dir(cfg, collection, "transform")

@@ -147,6 +147,8 @@ def test_batched_declared_transform_equals_the_one_frame_transform(tmp_path, mon
     # copies far from their originals, in later batches: the same key; another key, the same unique columns
     n = len(docs)
     docs += [dict(docs[i]) for i in (1, n // 2)] + [{**docs[i], key: f"{i:06d}9"} for i in (2, n * 2 // 3)]
+    # a whole batch (of 7) in which every document is rejected: no key
+    docs = [{k: v for k, v in docs[i].items() if k != key} for i in range(7)] + docs
     raws = [bson.encode({**d, "_id": d.get("_id", ObjectId(f"{i:024x}"))}) for i, d in enumerate(docs)]
     bad = bson.encode({"_id": ObjectId(), "x": "x"}).replace(b"x\x00", b"\xff\x00", 1)
     raws = raws[:150] + [bad] + raws[150:]
