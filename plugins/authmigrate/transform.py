@@ -530,19 +530,16 @@ def duplicate_reason(what: str, key: tuple, winner: Any) -> str:
     return f"{what} {preview(key if len(key) > 1 else key[0])} is already used by document {winner}"
 
 
-def duplicate_plan(frame: pd.DataFrame, passes: tuple, coded: bool = False) -> list[tuple]:
+def duplicate_plan(frame: pd.DataFrame, passes: tuple) -> list[tuple]:
     """Apply the uniqueness ``passes`` (subset, order, ascending, code, what, casefold) one after
     the other; returns (``_row``, reason code, reason) of every losing row, pass by pass.
     Needs only the key, order, ``mongo_id`` and ``_row`` columns, so a whole collection's
-    keys can be ranked without its documents. ``coded``: the columns hold order-preserving
-    integer codes (already case-folded where a pass folds) instead of values; then each entry
-    is (``_row``, reason code, (what, subset, key codes, winner's mongo_id code)) and the caller
-    words the reason (:func:`duplicate_reason`) once it has decoded the codes."""
+    keys can be ranked without its documents (:func:`coded_duplicate_plan`: the same over
+    integer codes)."""
     out = []
     for subset, order, asc, code, what, fold in passes:
-        found = find_duplicates(frame, subset, order, asc, fold and not coded)
-        out += [(int(frame.at[idx, "_row"]), code, (what, subset, k, w) if coded else duplicate_reason(what, k, w))
-                for idx, k, w in found]
+        found = find_duplicates(frame, subset, order, asc, fold)
+        out += [(int(frame.at[idx, "_row"]), code, duplicate_reason(what, k, w)) for idx, k, w in found]
         frame = frame.drop(index=[idx for idx, _, _ in found])
     return out
 
@@ -575,13 +572,14 @@ def _repeated(keys: list[np.ndarray]) -> np.ndarray:
 
 
 def coded_duplicate_plan(columns: dict[str, np.ndarray], rows: np.ndarray, passes: tuple) -> list[tuple]:
-    """:func:`duplicate_plan` with ``coded=True`` in numpy over integer arrays: every column holds
-    order-preserving codes >= 0, -1 for NULL (``mongo_id`` among them). Per pass, only the rows
-    whose key repeats are ranked (a subset keeps its relative rank order); a million users
-    rank in a few integer arrays, where the pandas frame of nullable columns took ~300 MiB more.
-    Entries: (``rows`` value, reason code, (what, subset, key codes, winner's mongo_id code)),
-    pass by pass, each pass's losers in rank order (tests/unit/test_transform_properties.py
-    holds it to :func:`duplicate_plan`)."""
+    """:func:`duplicate_plan` in numpy over integer arrays: every column holds order-preserving
+    codes >= 0 (already case-folded where a pass folds), -1 for NULL (``mongo_id`` among them).
+    Per pass, only the rows whose key repeats are ranked (a subset keeps its relative rank
+    order); a million users rank in a few integer arrays, where a pandas frame of nullable
+    columns took ~300 MiB more. Entries: (``rows`` value, reason code, (what, subset, key
+    codes, winner's mongo_id code)), pass by pass, each pass's losers in rank order; the caller
+    words the reason (:func:`duplicate_reason`) once it has decoded the codes
+    (tests/unit/test_transform_properties.py holds it to :func:`duplicate_plan`)."""
     alive = np.ones(len(rows), dtype=bool)
     big = np.iinfo(np.int64).max
     out = []

@@ -43,30 +43,41 @@ def export_rows(paths: str | list[str]) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in _paths(paths))
 
 
+MIN_TRANSFORM_BATCH = 10_000  # documents per transform batch, at least (pandas has a per-call cost);
+# 20,000 raised the 1M-user transform's peak by ~50 MiB and left ~70 MiB more behind, for no speed
+
+
+def _document_batches(paths: list[str], collection: str, batch_size: int, what: str):
+    """The export a batch at a time: (export position of the batch's first document, positions
+    in the batch of the decoded documents, the documents, the undecodable ones' rejects, the
+    documents frame with ``_doc``), with progress lines."""
+    projection = COLLECTIONS[collection].projection
+    progress = Progress(what, export_rows(paths))
+    start = 0
+    for batch in raw_batches(paths, max(batch_size, MIN_TRANSFORM_BATCH)):
+        raws, positions = batch.column(0).to_pylist(), []
+        docs, bad = tf.decode_documents(raws, positions)
+        yield start, np.asarray(positions, dtype=np.int64), docs, bad, \
+            tf.documents_frame(docs, projection, [raws[i] for i in positions])
+        start += batch.num_rows
+        progress.advance(batch.num_rows)
+    progress.log(final=True)
+
+
 def read_documents_frame(paths: str | list[str], collection: str, what: str | None = None,
                          census: FieldCensus | None = None) -> tuple[pd.DataFrame, list[dict]]:
     """The export as the transform's documents frame, decoded a batch at a time: only the
     mapped fields stay decoded, ``_doc`` holds the raw BSON. Plus the undecodable documents'
     rejects. ``what`` names the export in the progress lines (default: the collection); every
     decoded document is counted into ``census``."""
-    projection = COLLECTIONS[collection].projection
-    progress = Progress(f"decode {what or collection}", export_rows(paths))
     parts, rejects = [], []
-    for batch in raw_batches(paths, 10_000):
-        raws, positions = batch.column(0).to_pylist(), []
-        docs, bad = tf.decode_documents(raws, positions)
+    for _, _, docs, bad, frame in _document_batches(_paths(paths), collection, 10_000, f"decode {what or collection}"):
         if census is not None:
             census.add(docs)
-        parts.append(tf.documents_frame(docs, projection, [raws[i] for i in positions]))
+        parts.append(frame)
         rejects += bad
-        progress.advance(batch.num_rows)
-    progress.log(final=True)
-    frame = pd.concat(parts, ignore_index=True) if parts else tf.documents_frame([], projection)
+    frame = pd.concat(parts, ignore_index=True) if parts else tf.documents_frame([], COLLECTIONS[collection].projection)
     return frame, rejects
-
-
-MIN_TRANSFORM_BATCH = 10_000  # documents per transform batch, at least (pandas has a per-call cost);
-# 20,000 raised the 1M-user transform's peak by ~50 MiB and left ~70 MiB more behind, for no speed
 
 
 def _casefold(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -81,7 +92,7 @@ def _casefold(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return pc.replace_with_mask(lowered, other, pa.array([v.casefold() for v in picked], column.type))
 
 
-KEY_FRAME = [*tf.USER_KEY_COLUMNS, "mongo_id", "_row"]
+KEY_COLUMNS = [*tf.USER_KEY_COLUMNS, "mongo_id"]
 FOLDED = {c for subset, *_, fold in tf.USER_DUPLICATES if fold for c in subset}
 
 
@@ -99,9 +110,7 @@ def _coded_keys(paths: list[Path]) -> tuple[dict[str, np.ndarray], np.ndarray]:
     strings in), so codes sort like the values. Ranking sorts: at 1M it took half the time and
     half the memory of hashing the distinct values."""
     codes = {}
-    for name in KEY_FRAME:  # a column at a time: Parquet decoding is greedy
-        if name == "_row":
-            continue
+    for name in KEY_COLUMNS:  # a column at a time: Parquet decoding is greedy
         column = _column(paths, name).combine_chunks()
         if name in FOLDED:
             column = _casefold(column)
@@ -363,21 +372,10 @@ def transform_users_batched(paths: str | list[str], out, batch_size: int, census
     return result, {name: str(path) for name, path in survivors.items()}, newest, undecodable
 
 
-def _document_batches(paths: list[str], collection: str, batch_size: int, what: str):
-    """The export a batch at a time: (export position of the batch's first document, positions
-    in the batch of the decoded documents, the documents, the undecodable ones' rejects, the
-    documents frame with ``_doc``), with progress lines."""
-    projection = COLLECTIONS[collection].projection
-    progress = Progress(what, export_rows(paths))
-    start = 0
-    for batch in raw_batches(paths, max(batch_size, MIN_TRANSFORM_BATCH)):
-        raws, positions = batch.column(0).to_pylist(), []
-        docs, bad = tf.decode_documents(raws, positions)
-        yield start, np.asarray(positions, dtype=np.int64), docs, bad, \
-            tf.documents_frame(docs, projection, [raws[i] for i in positions])
-        start += batch.num_rows
-        progress.advance(batch.num_rows)
-    progress.log(final=True)
+def _in_export(accepted: pd.DataFrame, positions: np.ndarray, start: int) -> np.ndarray:
+    """The export position of each accepted row (its ``_row`` is its document's in the batch);
+    int64 even for a batch whose every document was rejected."""
+    return positions[accepted["_row"].to_numpy(dtype=np.int64)] + start
 
 
 def transform_declared_batched(collection: str, paths: str | list[str], out: Path, batch_size: int,
@@ -401,7 +399,7 @@ def transform_declared_batched(collection: str, paths: str | list[str], out: Pat
     for start, positions, _, _, frame in _document_batches(paths, collection, batch_size,
                                                               f"transform {collection}, keys"):
         accepted, _, _ = tf.declared_accept(spec, frame, known)
-        keys.append(accepted[[*columns, "mongo_id"]].assign(_row=positions[accepted["_row"].to_numpy(dtype=np.int64)] + start))
+        keys.append(accepted[[*columns, "mongo_id"]].assign(_row=_in_export(accepted, positions, start)))
     keys = pd.concat(keys, ignore_index=True) if keys else pd.DataFrame(columns=[*columns, "mongo_id", "_row"])
     losers = {row: (code, reason) for row, code, reason in tf.duplicate_plan(keys, spec.duplicate_passes)}
     lost = np.fromiter(losers, dtype=np.int64, count=len(losers))
@@ -423,7 +421,7 @@ def transform_declared_batched(collection: str, paths: str | list[str], out: Pat
                 newest = max(stamps) if newest is None else max(newest, *stamps)
             docs = None
             accepted, batch_rejects, narrowed = tf.declared_accept(spec, frame, known)
-            where = positions[accepted["_row"].to_numpy(dtype=np.int64)] + start
+            where = _in_export(accepted, positions, start)
             losing = np.isin(where, lost)
             for row, local in zip(where[losing].tolist(), accepted["_row"][losing].tolist()):
                 code, reason = losers[row]
