@@ -164,28 +164,48 @@ def _secondary(table: str) -> tuple[list, list]:
     return indexes, sorted(constraints, key=lambda c: (c.kind == "f", c.ref_table or "", c.name))
 
 
+def _rebuilt_keys(conn, cfg: RunConfig, table: str) -> tuple[list, list]:
+    """What an empty table's bulk insert drops and builds again besides its secondary indexes and
+    constraints: its primary key, and the foreign keys of other tables that reference it
+    (PostgreSQL drops a key only with them). ``([], [])`` (the key stays, maintained row by row)
+    when a foreign key in the catalog references the table that schema.sql does not declare,
+    say one of the app's own tables: the load would not know how to build it again."""
+    declared = {c.name: c for c in sqlfiles.declared_constraints()}
+    primary = [c for c in declared.values() if c.table == table and c.kind == "p"]
+    present = [r[0] for r in conn.execute(q("referencing_constraints"), {"schema": cfg.target_schema, "table": table})]
+    if not primary or any(name not in declared for name in present):
+        return [], []
+    incoming = [declared[name] for name in present if declared[name].table != table]
+    return primary, sorted(incoming, key=lambda c: (c.table, c.name))
+
+
 def _insert_into_empty(conn, cfg: RunConfig, table: Table, stg: str) -> int | None:
-    """The first full load of a table: when it is empty, drop its secondary indexes and
-    constraints, INSERT every staged row, then build them again (one sort per index, one
-    set-based check per foreign key instead of index maintenance and a trigger per row), all in
-    the load's transaction: a failure (a duplicate, a dangling reference) rolls it back as
-    before, and no reader ever sees the table without them. None when the table has rows."""
+    """The first full load of a table: when it is empty, drop its primary key, secondary
+    indexes and constraints (and the foreign keys that reference the key), INSERT every staged
+    row, then build them again (one sort per index, one set-based check per foreign key instead
+    of index maintenance and a trigger per row), all in the load's transaction: a failure (a
+    duplicate, a dangling reference) rolls it back as before, and no reader ever sees the table
+    without them. None when the table has rows."""
     if not conn.execute(q("table_is_empty", target=table.name)).fetchone()[0]:
         return None
     indexes, constraints = _secondary(table.name)
-    for c in reversed(constraints):
-        conn.execute(q("constraint_drop", target=table.name, constraint=c.name))
+    primary, incoming = _rebuilt_keys(conn, cfg, table.name)
+    for c in [*incoming, *reversed(constraints), *primary]:
+        conn.execute(q("constraint_drop", target=c.table, constraint=c.name))
     for i in indexes:
         conn.execute(q("index_drop", schema=cfg.target_schema, index=i.name))
     log_parts, params = _change_log(cfg, table)
     inserted = conn.execute(q("merge_insert_empty", target=table.name, staging=stg, columns=table.column_names,
                               **log_parts), params).fetchone()[0]
+    for c in primary:
+        conn.execute(c.statement)
     for i in indexes:
         conn.execute(i.statement)
-    for c in constraints:
+    for c in [*constraints, *incoming]:
         conn.execute(c.statement)
-    log.info("load %s: the table was empty: %d rows inserted in bulk, then %d indexes and %d constraints built",
-             table.name, inserted, len(indexes), len(constraints))
+    log.info("load %s: the table was empty: %d rows inserted in bulk, then %s%d indexes and %d constraints built%s",
+             table.name, inserted, "its primary key, " if primary else "", len(indexes), len(constraints),
+             f" and {len(incoming)} referencing foreign keys added again" if incoming else "")
     return inserted
 
 
