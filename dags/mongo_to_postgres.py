@@ -8,7 +8,9 @@ mapped task per chunk, streams the documents in batches into run-scoped Parquet;
 coerces types, de-duplicates, explodes arrays (`providerRoles`, `oauthUserIds`,
 `consentedScopes`, `allowedEmailDomains`) into join tables, back-fills app owners, and turns
 every bad document or element into a reject with a reason; **load** COPYs into staging and
-merges set-based in one transaction (the target equals the source again, deletions included).
+merges set-based in one transaction (the target equals the source again, deletions included);
+**verify** (param *verify*) then compares every loaded row's fields with the transform's output,
+while the other collections still load.
 The last three collections are optional: a source without them (under their default or Mongoose
 names) gets a line in the report, their tables are left as they are. **validate** fails the run on orphan
 rows, on a constraint or index missing from the catalog, on counts that do not reconcile, or on
@@ -177,9 +179,11 @@ with DAG(
             transform = step(task_id="transform", trigger_rule="none_failed")(tasks.transform)(name)
             load = step(task_id="load", trigger_rule="none_failed",
                         outlets=[AssetAlias(asset_alias(t.name)) for t in spec.tables])(tasks.load)(name)
-            export >> transform >> load
+            verify = step(task_id="verify", trigger_rule="none_failed")(tasks.verify)(name)
+            export >> transform >> load >> verify
         groups[name] = (transform, load)
-        prepare >> load >> validate
+        prepare >> load
+        verify >> validate
         for dependency in spec.depends_on:
             groups[dependency][0] >> transform
             groups[dependency][1] >> load
@@ -190,12 +194,13 @@ with DAG(
         sessions_load = step(task_id="load", trigger_rule="none_failed",
                              outlets=[AssetAlias(asset_alias(t.name)) for t in SESSIONS_SOURCE.tables]
                              )(tasks.sessions_load)()
-        sessions_export >> sessions_transform >> sessions_load
+        sessions_verify = step(task_id="verify", trigger_rule="none_failed")(tasks.verify)("sessions")
+        sessions_export >> sessions_transform >> sessions_load >> sessions_verify
     for name in SESSIONS_SOURCE.depends_on:
         groups[name][0] >> sessions_transform
         groups[name][1] >> sessions_load
     prepare >> sessions_export  # read Redis once the run holds the lock
-    sessions_load >> validate
+    sessions_verify >> validate
     # a teardown after the last task that needs the lock (cutover flips the app's switch while this
     # run still holds the target): releases it however the run ended (ignored for the run's state)
     cutover >> step(task_id="release_lock")(tasks.release_lock)().as_teardown()

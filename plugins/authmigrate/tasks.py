@@ -106,7 +106,7 @@ def _require(cfg: RunConfig, collection: str) -> None:
 def _results(ti, cfg: RunConfig) -> dict[str, dict]:
     sources = [c for c in COLLECTIONS if c in cfg.collections] + (["sessions"] if cfg.sessions else [])
     return {s: {stage: exported(ti, s) if stage == "export" and s != "sessions" else
-                ti.xcom_pull(task_ids=f"{s}.{stage}") for stage in ("export", "transform", "load")}
+                ti.xcom_pull(task_ids=f"{s}.{stage}") for stage in ("export", "transform", "load", "verify")}
             for s in sources}
 
 
@@ -213,6 +213,29 @@ def load(collection: str) -> dict:
         result = load_collection(cfg, collection, transformed, guard)
     _emit_assets(ctx, cfg, result["changes"])
     return result
+
+
+@_task
+def verify(collection: str) -> dict:
+    """The content checks of one loaded collection's tables (param verify), in a task of its own
+    after its load: they run beside the other collections' loads, not in the final validate,
+    and a failed try retries the checks alone. A mismatch does not fail this task: validate
+    reports it and fails the run."""
+    ctx, cfg = _context()
+    if collection == "sessions":
+        _require_sessions(cfg)
+    else:
+        _require(cfg, collection)
+    ti = ctx["ti"]
+    loaded = ti.xcom_pull(task_ids=f"{collection}.load") or {}
+    if not cfg.verify or cfg.dry_run or loaded.get("absent"):
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException("nothing to verify: " + ("param verify is off" if not cfg.verify else
+                                                            "a dry run" if cfg.dry_run else "no such collection"))
+    from authmigrate.validate import verify_loaded
+
+    return verify_loaded(cfg, collection, ti.xcom_pull(task_ids=f"{collection}.transform"))
 
 
 def _emit_assets(ctx, cfg: RunConfig, changes: dict[str, dict[str, int]]) -> None:

@@ -4,8 +4,9 @@ For every loaded row, a canonical hash of its mapped fields is computed from the
 output (the data that was exported and mapped) and compared, set-based in SQL, with the same
 hash computed inside PostgreSQL from the loaded row. Join tables are compared per parent
 (the sorted set of child keys); from a transform file, its (parent, child) pairs are copied
-as they are and PostgreSQL aggregates them per parent exactly as it does the loaded rows.
-The validate task verifies two tables at a time, each on a connection of its own. A timezone
+as they are and PostgreSQL joins them with the loaded pairs: a parent with a pair on one side
+only, or exported twice, mismatches. Each collection's verify task checks two tables at a
+time, each on a connection of its own. A timezone
 shift, a truncated string or a swapped column fails the run, and the report names the first
 mismatching ids and fields.
 
@@ -244,8 +245,14 @@ def verify_table(conn, table_name: str, expected, full: bool = True) -> tuple[bo
             for row in _expected_hashes(table, expected):
                 copy.write_row(row)
                 hashed += 1
-    if children:
-        compare = q("verify_pairs" if from_file else "verify_children", expected=target, target=table.name,
+    if children and from_file:
+        # not a full export: only the exported parents' pairs count, on both sides
+        pair_scope = sql.SQL("") if full else sql.SQL("AND coalesce(e.key, t.{}) IN (SELECT key FROM {})").format(
+            sql.Identifier(table.parent_column), target)
+        compare = q("verify_pairs", expected=target, target=table.name, parent=table.parent_column,
+                    child=table.child_column, scope=pair_scope)
+    elif children:
+        compare = q("verify_children", expected=target, target=table.name,
                     parent=table.parent_column, child=table.child_column, scope=scope)
     else:
         compare = q("verify_rows", expected=target, target=table.name, key=table.key[0],

@@ -32,7 +32,7 @@ from authmigrate.registry import COLLECTIONS  # noqa: E402
 
 COLLECTION_NAMES = tuple(COLLECTIONS)
 # the tasks every fault test checks; the DAG's other tasks (sessions, cache, cutover) must merely not fail
-CORE_TASKS = {f"{c}.{s}" for c in COLLECTION_NAMES for s in ("plan", "export", "transform", "load")} | {"prepare", "validate"}
+CORE_TASKS = {f"{c}.{s}" for c in COLLECTION_NAMES for s in ("plan", "export", "transform", "load", "verify")} | {"prepare", "validate"}
 
 
 # --------------------------------------------------------------------------- waiting and threads

@@ -11,10 +11,10 @@ from tests.data import EXPECTED_REJECTS, EXPECTED_ROWS, SECRETS, documents
 
 pytestmark = pytest.mark.integration
 
-ALL_TASKS = {f"{c}.{s}" for c in COLLECTIONS for s in ("plan", "export", "transform", "load")}
+ALL_TASKS = {f"{c}.{s}" for c in COLLECTIONS for s in ("plan", "export", "transform", "load", "verify")}
 ALL_TASKS |= {"prepare", "validate"}
 # off unless asked for: the session sync (sessions=False in these runs), cache invalidation, cutover
-OPTIONAL = {"sessions.export", "sessions.transform", "sessions.load", "invalidate_cache", "cutover"}
+OPTIONAL = {"sessions.export", "sessions.transform", "sessions.load", "sessions.verify", "invalidate_cache", "cutover"}
 EXPECTED_STATES = {**{t: "success" for t in ALL_TASKS | {"release_lock"}}, **{t: "skipped" for t in OPTIONAL}}
 
 
@@ -126,7 +126,8 @@ def test_rerun_reflects_updates_deletions_and_role_removals(migration):
 def test_dry_run_writes_nothing(migration):
     migration.seed(documents())
     dr = migration.run(dry_run=True)
-    assert migration.last_states == EXPECTED_STATES
+    # nothing loaded, nothing to verify
+    assert migration.last_states == {**EXPECTED_STATES, **{f"{c}.verify": "skipped" for c in COLLECTIONS}}
     assert migration.sql("SELECT count(*) FROM information_schema.schemata WHERE schema_name = %s",
                          (migration.schema,)) == [(0,)]
     assert migration.sql("SELECT count(*) FROM authmigrate.runs WHERE run_id = %s", (dr.run_id,)) == [(0,)]
@@ -155,7 +156,7 @@ def test_collections_subset_runs_only_those_and_checks_references_in_the_target(
     before = migration.snapshot()
     migration.run(collections=["oauthRoles"])
     assert {t for t, s in migration.last_states.items() if s == "skipped"} == OPTIONAL | {
-        f"{c}.{s}" for c in COLLECTIONS if c != "oauthRoles" for s in ("plan", "export", "transform", "load")}
+        f"{c}.{s}" for c in COLLECTIONS if c != "oauthRoles" for s in ("plan", "export", "transform", "load", "verify")}
     assert migration.snapshot() == before
 
 

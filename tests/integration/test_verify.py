@@ -34,11 +34,14 @@ def test_a_load_path_that_shifts_a_timestamp_fails_the_run_naming_id_and_field(m
     line = next(l for l in report.splitlines() if "content users" in l)
     assert "[FAILED]" in line and "000000000001: last_name, created_at" in line, line
     assert "[ok] content oauth_client_apps" in report
+    # found by the users load itself, right after its commit; the final validate failed the run on it
+    assert "| users.verify |" in report and "| oauthClientApps.verify |" in report
     # counts alone were fine: this is what the content check adds
     assert "[ok] reconcile users documents" in report
 
 
 def test_verify_table_names_swapped_columns_and_extra_rows(migration, tmp_path):
+    import pandas as pd
     import psycopg
 
     from authmigrate.staging import write_frame
@@ -78,4 +81,19 @@ def test_verify_table_names_swapped_columns_and_extra_rows(migration, tmp_path):
         ok, detail = verify_table(conn, "users", str(tmp_path / "users.parquet"))
         assert not ok and "999: in users but not in the export" in detail, detail
         assert verify_table(conn, "users", str(tmp_path / "users.parquet"), full=False)[0]  # not a full export
+        # a loaded pair the export does not have, of a parent the file does not hold: a mismatch of a
+        # full export, outside the scope of a partial one (which still sees alice's missing pair)
+        conn.execute("INSERT INTO user_roles (user_id, role_id) VALUES ('999', (SELECT min(role_id) FROM user_roles))")
+        ok, detail = verify_table(conn, "user_roles", str(tmp_path / "user_roles.parquet"))
+        assert not ok and "000000000001" in detail and "999" in detail, detail
+        ok, detail = verify_table(conn, "user_roles", str(tmp_path / "user_roles.parquet"), full=False)
+        assert not ok and "000000000001" in detail and "999" not in detail, detail
+        conn.rollback()
+        conn.execute(f'SET search_path TO "{migration.schema}"')
+        # a pair exported twice but loaded once: the sets differ
+        pairs = frame["user_roles"]
+        twice = write_frame(pd.concat([pairs, pairs[pairs["user_id"] == "000000000003"].iloc[:1]]),
+                            tmp_path / "user_roles_twice.parquet")
+        ok, detail = verify_table(conn, "user_roles", str(twice))
+        assert not ok and "000000000003" in detail, detail
         conn.rollback()

@@ -58,7 +58,10 @@ def test_dag_shape(dagbag):
         export, transform, load = (dag.get_task(f"{collection}.{s}") for s in ("export", "transform", "load"))
         assert transform.task_id in export.downstream_task_ids
         assert load.task_id in transform.downstream_task_ids
-        assert "validate" in load.downstream_task_ids
+        verify = dag.get_task(f"{collection}.verify")
+        assert verify.task_id in load.downstream_task_ids and "validate" in verify.downstream_task_ids
+        # a collection's content checks wait for its own load only: the loads after it do not wait for them
+        assert not {t for t in verify.downstream_task_ids if t != "validate"}
         assert "prepare" in load.upstream_task_ids
     # references: apps need users' keys, roles need users and apps
     assert "users.transform" in dag.get_task("oauthClientApps.transform").upstream_task_ids
