@@ -5,7 +5,8 @@ run, which task failed, why, and what to do (the lines the tasks log with ``FAIL
 ``--executor local`` (the default; ``AUTHMIGRATE_EXECUTOR``) runs tasks side by side:
 ``airflow dags test --use-executor`` under LocalExecutor, ``AUTHMIGRATE_PARALLELISM`` tasks at
 once (default: the machine's cores), each task a process of its own that reports to an execution
-API server this command starts on a free local port and stops at the end. ``--executor none``
+API server this command starts on a free local port and stops at the end (it boots beside
+`airflow dags test`, whose executor waits for it: authmigrate/executor.py). ``--executor none``
 runs one task at a time inside the airflow process (``airflow dags test`` without an executor):
 no API server, one process.
 
@@ -24,12 +25,9 @@ import json
 import os
 import re
 import secrets
-import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from authmigrate.config import DAG_ID
@@ -40,7 +38,7 @@ _FINISHED = re.compile(r"DagRun Finished: .*?run_id=(?P<run_id>[^,]+),.*?state=(
 
 
 EXECUTORS = ("local", "none")
-API_START_TIMEOUT = 180  # seconds for the execution API server to answer its health check
+EXECUTOR = "authmigrate.executor.ApiReadyLocalExecutor"  # LocalExecutor that waits for the API server
 
 
 def parallelism() -> int:
@@ -70,36 +68,23 @@ def executor_env(env: dict[str, str], port: int, tasks: int) -> dict[str, str]:
     the task done: at 1,000,000 users that added ~5 s to a third of the tasks, several on the
     critical path. 1 s (unless the environment sets it) bounds that to 1 s, for one heartbeat
     a second per running task."""
-    return {**env, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor", "AIRFLOW__CORE__PARALLELISM": str(tasks),
+    return {**env, "AIRFLOW__CORE__EXECUTOR": EXECUTOR, "AIRFLOW__CORE__PARALLELISM": str(tasks),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
             "AIRFLOW__API_AUTH__JWT_SECRET": env.get("AIRFLOW__API_AUTH__JWT_SECRET") or secrets.token_urlsafe(32),
             "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": env.get("AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL") or "1"}
 
 
 @contextlib.contextmanager
-def execution_api(airflow: str, env: dict[str, str], port: int, log_path: Path, timeout: float = API_START_TIMEOUT):
-    """An `airflow api-server --apps execution` on 127.0.0.1:``port`` while the block runs."""
+def execution_api(airflow: str, env: dict[str, str], port: int, log_path: Path):
+    """An `airflow api-server --apps execution` on 127.0.0.1:``port`` while the block runs. The
+    block starts at once, beside the server's boot: the executor waits for its health check
+    (:class:`authmigrate.executor.ApiReadyLocalExecutor`, told the server's pid)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([airflow, "api-server", "--apps", "execution", "--host", "127.0.0.1",
                                  "--port", str(port), "--workers", "1"], env=env, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the execution API server exited with code {proc.returncode} before it "
-                                   f"answered; its log: {log_path}\n{_tail(log_path)}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/execution/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the execution API server did not answer on port {port} within {timeout:.0f}s; "
-                                   f"its log: {log_path}\n{_tail(log_path)}")
-            time.sleep(0.3)
         yield proc
     finally:
         proc.terminate()
@@ -159,13 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     env = executor_env(dict(os.environ), port, tasks)
     home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
     print(f"authmigrate: LocalExecutor, {tasks} tasks at once; execution API on 127.0.0.1:{port}", flush=True)
-    try:
-        with execution_api(args.airflow, env, port, home / "logs" / "migrate-execution-api.log"):
-            return _run([*command, "--use-executor"], env)
-    except RuntimeError as exc:
-        print(f"authmigrate: {exc}\nWhat to do: see that log; AUTHMIGRATE_EXECUTOR=none runs the DAG "
+    api_log = home / "logs" / "migrate-execution-api.log"
+    with execution_api(args.airflow, env, port, api_log) as api:
+        returncode = _run([*command, "--use-executor"], {**env, "AUTHMIGRATE_EXECUTION_API_PID": str(api.pid)})
+        api_exit = api.poll()
+    if returncode != 0 and api_exit is not None:
+        print(f"authmigrate: the execution API server exited with code {api_exit} during the run; its log: "
+              f"{api_log}\n{_tail(api_log)}\nWhat to do: see that log; AUTHMIGRATE_EXECUTOR=none runs the DAG "
               f"without the API server, one task at a time", file=sys.stderr, flush=True)
         return 3
+    return returncode
 
 
 def _run(command: list[str], env: dict[str, str]) -> int:
