@@ -2,7 +2,11 @@
 
 For every loaded row, a canonical hash of its mapped fields is computed from the transform's
 output (the data that was exported and mapped) and compared, set-based in SQL, with the same
-hash computed inside PostgreSQL from the loaded row. Join tables are compared per parent
+hash computed inside PostgreSQL from the loaded row. A full export read from a transform file
+is first compared whole: the row counts and a multiset checksum (the sum of the first 60 bits of
+every row's md5) of the file and of the loaded table, PostgreSQL summing while Python hashes the
+file. Only when they differ, or for a partial export, are the rows compared by key, which names
+them. Join tables are compared per parent
 (the sorted set of child keys); from a transform file, its (parent, child) pairs are copied
 as they are and PostgreSQL joins them with the loaded pairs: a parent with a pair on one side
 only, or exported twice, mismatches. Each collection's verify task checks two tables at a
@@ -77,16 +81,49 @@ def _canonical_arrow(column, kind: str):
     return pc.fill_null(out, s("~"))
 
 
-def _arrow_hashes(table: Table, batch) -> list[str]:
-    """The md5 of each row's canonical text, the text built column by column in Arrow; only the
-    md5 runs per row (a million users: 2.8 s instead of 5.5 s)."""
+def _arrow_text(table: Table, batch):
+    """Each row's canonical text, built column by column in Arrow, as bytes."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     parts = [_canonical_arrow(batch.column(c), k) for c, k in table.columns.items()]
-    text = pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string())).cast(pa.large_binary())
+    return pc.binary_join_element_wise(*parts, pa.scalar("", pa.large_string())).cast(pa.large_binary())
+
+
+def _arrow_hashes(table: Table, batch) -> list[str]:
+    """The md5 of each row's canonical text (:func:`_arrow_text`); only the md5 runs per row
+    (a million users: 2.8 s instead of 5.5 s)."""
     md5 = hashlib.md5
-    return [md5(t).hexdigest() for t in text.to_pylist()]
+    return [md5(t).hexdigest() for t in _arrow_text(table, batch).to_pylist()]
+
+
+CHECKSUM_BITS = 60  # of each row's md5, summed: PostgreSQL's bigint holds them, and numeric their sum
+
+
+def checksum_add(digests: bytes) -> int:
+    """The sum of the first :data:`CHECKSUM_BITS` bits of each 16-byte md5 digest in ``digests``
+    (concatenated), summed in numpy: halves of 30 bits each fit uint64 sums of 2**34 rows."""
+    import numpy as np
+
+    if not digests:
+        return 0
+    first = np.frombuffer(digests, dtype=">u8")[::2] >> np.uint64(64 - CHECKSUM_BITS)
+    half = np.uint64(CHECKSUM_BITS // 2)
+    high, low = first >> half, first & np.uint64((1 << (CHECKSUM_BITS // 2)) - 1)
+    return (int(high.sum(dtype=np.uint64)) << (CHECKSUM_BITS // 2)) + int(low.sum(dtype=np.uint64))
+
+
+def file_checksum(table: Table, path) -> tuple[int, int]:
+    """(rows, checksum) of a transform file: what :file:`verify_checksum.sql` gives of the loaded
+    table when it holds the same rows, each once."""
+    from authmigrate.staging import iter_batches
+
+    md5 = hashlib.md5
+    rows, total = 0, 0
+    for batch in iter_batches(path, HASH_BATCH, list(table.columns)):
+        total += checksum_add(b"".join([md5(t).digest() for t in _arrow_text(table, batch).to_pylist()]))
+        rows += batch.num_rows
+    return rows, total
 
 
 def row_hashes_arrow(table: Table, batch) -> list[tuple[str, str]]:
@@ -223,6 +260,35 @@ def _copy_expected(conn, table: Table, path, expected: sql.Composable) -> int:
     return parents if children else n
 
 
+def _checksums_match(conn, table: Table, path) -> tuple[int, bool]:
+    """(the file's rows, whether the loaded table holds exactly the file's rows): their counts and
+    multiset checksums (:file:`verify_checksum.sql`, :func:`file_checksum`) agree. PostgreSQL
+    sums the loaded side on ``conn`` while this thread hashes the file: no copy of the file's
+    side, no temporary table, no join (a million users: 16.2 s under load, see
+    docs/performance.md). A wrong, missing, extra or repeated row changes the count or the sum;
+    two changes that cancel out need a 60-bit collision of md5 prefixes."""
+    import threading
+
+    loaded: list = []
+    failed: list[BaseException] = []
+
+    def sum_loaded() -> None:
+        try:
+            loaded.extend(conn.execute(q("verify_checksum", target=table.name, row_text=_row_text(table))).fetchone())
+        except BaseException as exc:  # raised below, in the caller's thread
+            failed.append(exc)
+
+    summing = threading.Thread(target=sum_loaded, name=f"checksum-{table.name}")
+    summing.start()
+    try:
+        rows, total = file_checksum(table, path)
+    finally:
+        summing.join()
+    if failed:
+        raise failed[0]
+    return rows, (int(loaded[0]), int(loaded[1])) == (rows, total)
+
+
 def verify_table(conn, table_name: str, expected, full: bool = True) -> tuple[bool, str]:
     """Compare one table's loaded content with the transform output ``expected``: a DataFrame
     (hashed here, row by row), or the path of its Parquet file (:func:`_copy_expected`, read in
@@ -230,11 +296,16 @@ def verify_table(conn, table_name: str, expected, full: bool = True) -> tuple[bo
     ``full``: the export covered the whole table, so rows only in the target also mismatch."""
     table = TABLES[table_name]
     started = time.monotonic()
+    from_file = not isinstance(expected, pd.DataFrame)
+    if from_file and full:
+        rows, same = _checksums_match(conn, table, expected)
+        if same:
+            return True, f"{rows} rows checksummed and compared in {time.monotonic() - started:.2f}s"
+        # they differ: the keyed comparison below names the rows
     children = table.sync == "children"
     target = sql.Identifier("pg_temp", f"verify_{table.name}")
     scope = sql.SQL("") if full else sql.SQL("AND e.key IS NOT NULL")
     conn.execute(q("verify_expected_drop", expected=target))
-    from_file = not isinstance(expected, pd.DataFrame)
     conn.execute(q("verify_expected_pairs_create" if from_file and children else "verify_expected_create",
                    expected=target))
     if from_file:
