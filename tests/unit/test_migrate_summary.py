@@ -113,3 +113,79 @@ def test_the_executor_waits_for_the_api_server_and_fails_at_once_when_it_is_gone
         wait_for_api(url, timeout=600, pid=exited.pid)
     with pytest.raises(RuntimeError, match="did not answer at .*/execution/health within 0s"):
         wait_for_api(url, timeout=0, pid=None)
+
+
+class _TI:
+    def __init__(self, weight: int):
+        self.priority_weight = weight
+
+
+class _Workload:
+    """What LocalExecutor and its workers read of a task's workload (picklable, for its queue)."""
+
+    running_state = None
+    success_state = "success"
+    failure_state = "failed"
+
+    def __init__(self, key: str, weight: int):
+        self.key, self.display_name = key, key
+        self.ti = _TI(weight)
+
+
+def test_the_executor_hands_its_workers_the_highest_priority_task_as_one_becomes_free(monkeypatch):
+    """Real LocalExecutor workers (forked processes, the task body replaced): two run at once,
+    one more waits in their queue, and a task that becomes ready later with a higher
+    priority_weight runs before the lower ones queued earlier. Airflow 3.3's own accounting
+    hands every queued task to the workers' first-in-first-out queue at once."""
+    import multiprocessing
+    import time
+
+    from airflow.executors.base_executor import BaseExecutor
+    from airflow.executors.local_executor import LocalExecutor
+
+    from authmigrate.executor import SPARE, ApiReadyLocalExecutor
+
+    ctx = multiprocessing.get_context("fork")
+    keys = ["a6", "b5", "c3", "d2", "e1", "late10"]
+    release = {k: ctx.Event() for k in keys}
+    started = ctx.SimpleQueue()
+
+    def body(workload, **_):  # inherited by the forked workers
+        started.put(workload.key)
+        assert release[workload.key].wait(60)
+
+    monkeypatch.setattr(BaseExecutor, "run_workload", staticmethod(body))
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda *a, **k: "fork")
+    executor = ApiReadyLocalExecutor(parallelism=2)
+    LocalExecutor.start(executor)  # the workers, without waiting for an API server
+
+    def until(done, what):
+        deadline = time.monotonic() + 60
+        while not done():
+            assert time.monotonic() < deadline, what
+            executor.heartbeat()
+            time.sleep(0.01)
+
+    try:
+        for key in keys[:5]:
+            executor.queued_tasks[key] = _Workload(key, int(key[1:]))
+        executor.heartbeat()
+        assert len(executor.outstanding) == 2 + SPARE == 3 and set(executor.queued_tasks) == {"d2", "e1"}
+        assert {started.get(), started.get()} == {"a6", "b5"}
+        executor.queued_tasks["late10"] = _Workload("late10", 10)
+        executor.heartbeat()
+        assert "late10" in executor.queued_tasks  # no slot yet: the two run, c3 waits in the queue
+        release["a6"].set()
+        assert started.get() == "c3"  # the waiting one starts without a heartbeat
+        until(lambda: "late10" not in executor.queued_tasks, "a free slot goes to the highest priority")
+        release["b5"].set()
+        assert started.get() == "late10"
+        for key in keys:
+            release[key].set()
+        until(lambda: not executor.outstanding and not executor.queued_tasks, "every task ends")
+        assert sorted(started.get() for _ in range(2)) == ["d2", "e1"]
+        assert all(state == "success" for state, _ in executor.event_buffer.values())
+    finally:
+        for key in keys:
+            release[key].set()
+        executor.end()
