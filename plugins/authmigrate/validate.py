@@ -12,8 +12,6 @@ import logging
 import time
 from dataclasses import dataclass
 
-from psycopg import sql
-
 from authmigrate import sqlfiles
 from authmigrate.config import Permanent, RunConfig
 from authmigrate.db import connect, q, use_schema
@@ -40,25 +38,14 @@ class Check:
         return f"[{'ok' if self.ok else 'FAILED'}] {self.name}: {self.detail}"
 
 
-def _orphan_name(fk) -> str:
-    return f"orphans {fk.table}.{fk.columns[0]} → {fk.ref_table}.{fk.ref_columns[0]}"
-
-
-def _orphan_check(conn, fk) -> tuple[str, Check]:
-    """Rows of a foreign key's table that point at no row of the table it references."""
-    (column,), (ref,) = fk.columns, fk.ref_columns
-    n = conn.execute(q("orphan_count", child=fk.table, column=column, parent=fk.ref_table,
-                       ref_column=ref)).fetchone()[0]
-    return _orphan_name(fk), Check(_orphan_name(fk), n == 0, f"{n} orphan rows")
-
-
-def orphan_checks(cfg: RunConfig, snapshot: str, counts: dict[str, int]) -> list[Check]:
-    """:func:`_orphan_check` of every declared foreign key, on connections of their own that share
-    the exporting transaction's snapshot, the largest tables first (a million users: 2.5 s on
-    one connection)."""
-    fks = sqlfiles.foreign_keys()
-    found = on_connections(cfg, sorted(fks, key=lambda fk: -counts.get(fk.table, 0)), _orphan_check, snapshot)
-    return [found[_orphan_name(fk)] for fk in fks]
+def orphan_checks(conn) -> list[Check]:
+    checks = []
+    for fk in sqlfiles.foreign_keys():
+        (column,), (ref,) = fk.columns, fk.ref_columns
+        n = conn.execute(q("orphan_count", child=fk.table, column=column, parent=fk.ref_table,
+                           ref_column=ref)).fetchone()[0]
+        checks.append(Check(f"orphans {fk.table}.{column} → {fk.ref_table}.{ref}", n == 0, f"{n} orphan rows"))
+    return checks
 
 
 def catalog_checks(conn, schema: str) -> list[Check]:
@@ -183,69 +170,45 @@ def reconcile(results: dict[str, dict], counts: dict[str, int], rejects: list[tu
 VERIFY_CONNECTIONS = 2  # tables verified side by side: one's md5s in Python overlap the other's SQL
 
 
-def on_connections(cfg: RunConfig, jobs: list, check, snapshot: str | None = None) -> dict:
-    """``check(conn, job) -> (name, result)`` for each job, in the order given (largest first),
-    on up to ``VERIFY_CONNECTIONS`` connections of their own, each in one transaction on the
-    run's schema. With ``snapshot`` (:file:`snapshot_export.sql` of an open repeatable-read
-    transaction), every connection sees what that transaction sees. Returns the results by name;
-    a check's exception is raised here, in the caller's thread."""
+def content_checks(cfg: RunConfig, results: dict[str, dict]) -> list[Check]:
+    """Field-level verification of every table this run loaded (see verify.py), on
+    ``VERIFY_CONNECTIONS`` connections of their own, the largest files first; the checks in
+    the run's table order."""
+    import os
     import queue
     import threading
 
-    import psycopg
+    from authmigrate.verify import verify_table
 
+    jobs = [(name, path, TABLES[name].sync != "upsert" and r["transform"].get("mode") != "incremental")
+            for r in results.values() for name, path in r["transform"]["tables"].items()]
     todo: queue.Queue = queue.Queue()
-    for job in jobs:
+    for job in sorted(jobs, key=lambda j: -os.path.getsize(j[1])):
         todo.put(job)
-    found: dict = {}
+    found: dict[str, Check] = {}
     errors: list[BaseException] = []
 
     def worker() -> None:
         try:
-            with connect(cfg) as own:
-                if snapshot is not None:
-                    own.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-                with own.transaction():
-                    if snapshot is not None:
-                        own.execute(q("snapshot_set", snapshot=sql.Literal(snapshot)))
-                    use_schema(own, cfg)
-                    while True:
-                        try:
-                            job = todo.get_nowait()
-                        except queue.Empty:
-                            return
-                        name, result = check(own, job)
-                        found[name] = result
-        except BaseException as exc:  # raised below, in the caller's thread
+            with connect(cfg) as own, own.transaction():
+                use_schema(own, cfg)
+                while True:
+                    try:
+                        name, path, full = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    ok, detail = verify_table(own, name, path, full=full)
+                    found[name] = Check(f"content {name}", ok, detail)
+        except BaseException as exc:  # raised below, in the task's thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, name=f"check-{i}") for i in range(min(VERIFY_CONNECTIONS, len(jobs)))]
+    threads = [threading.Thread(target=worker, name=f"verify-{i}") for i in range(min(VERIFY_CONNECTIONS, len(jobs)))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     if errors:
         raise errors[0]
-    return found
-
-
-def content_checks(cfg: RunConfig, results: dict[str, dict]) -> list[Check]:
-    """Field-level verification of every table this run loaded (see verify.py), on
-    connections of their own (:func:`on_connections`), the largest files first; the checks in
-    the run's table order."""
-    import os
-
-    from authmigrate.verify import verify_table
-
-    jobs = [(name, path, TABLES[name].sync != "upsert" and r["transform"].get("mode") != "incremental")
-            for r in results.values() for name, path in r["transform"]["tables"].items()]
-
-    def check(conn, job):
-        name, path, full = job
-        ok, detail = verify_table(conn, name, path, full=full)
-        return name, Check(f"content {name}", ok, detail)
-
-    found = on_connections(cfg, sorted(jobs, key=lambda j: -os.path.getsize(j[1])), check)
     return [found[name] for name, _, _ in jobs]
 
 
@@ -409,18 +372,13 @@ def validate_run(cfg: RunConfig, results: dict[str, dict], task_times: dict[str,
         log.info("dry run, nothing written to the target:\n%s\nreport files: %s", report, files)
         return {"passed": all(c.ok for c in checks), "report": report, "reject_ratio": reject_ratio(results)[2],
                 "files": files, "failed": [c.line() for c in checks if not c.ok]}
-    import psycopg
-
     with connect(cfg) as conn:
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one view, shared by the orphan checks
         with conn.transaction():
-            snapshot = conn.execute(q("snapshot_export")).fetchone()[0]
             use_schema(conn, cfg)
             counts = table_counts(conn)
             rejects = reject_summary(conn, cfg.run_id)
-            checks = orphan_checks(cfg, snapshot, counts) + catalog_checks(conn, cfg.target_schema)
+            checks = orphan_checks(conn) + catalog_checks(conn, cfg.target_schema)
             children = batch_child_counts(conn, results)
-        conn.isolation_level = None
         checks += reconcile(results, counts, rejects, children) + [reject_ratio_check(results, cfg)]
         checks += census_check(cfg, census)
         if cfg.verify:
