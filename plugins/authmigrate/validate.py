@@ -363,6 +363,7 @@ def validate_run(cfg: RunConfig, results: dict[str, dict], task_times: dict[str,
 
     started = time.monotonic()
     census = source_census(cfg, results)
+    log.info("validate: the source's census read in %.2fs", time.monotonic() - started)
     if cfg.dry_run:
         rejects = dry_run_rejects(results)
         checks = [reject_ratio_check(results, cfg)] + census_check(cfg, census)
@@ -379,6 +380,7 @@ def validate_run(cfg: RunConfig, results: dict[str, dict], task_times: dict[str,
             rejects = reject_summary(conn, cfg.run_id)
             checks = orphan_checks(conn) + catalog_checks(conn, cfg.target_schema)
             children = batch_child_counts(conn, results)
+        log.info("validate: counts, orphans and catalog checked in %.2fs", time.monotonic() - started)
         checks += reconcile(results, counts, rejects, children) + [reject_ratio_check(results, cfg)]
         checks += census_check(cfg, census)
         if cfg.verify:
@@ -399,7 +401,9 @@ def validate_run(cfg: RunConfig, results: dict[str, dict], task_times: dict[str,
             summary["watermarks"] = advance_watermarks(conn, cfg, results)
         conn.execute(q("run_finish"), {"run_id": cfg.run_id, "status": "success" if passed else "failed",
                                        "counts": json.dumps(summary), "report": report})
+    log.info("validate: checks reconciled and the run recorded in %.2fs", time.monotonic() - started)
     files = report_files.write(cfg.run_id, report, all_times, counts)
+    log.info("validate: report files written in %.2fs", time.monotonic() - started)
     log.info("validation report:\n%s\nreport files: %s", report, files)
     if not passed:
         failed = [c.line() for c in checks if not c.ok]

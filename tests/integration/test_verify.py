@@ -97,3 +97,26 @@ def test_verify_table_names_swapped_columns_and_extra_rows(migration, tmp_path):
         ok, detail = verify_table(conn, "user_roles", str(twice))
         assert not ok and "000000000003" in detail, detail
         conn.rollback()
+
+
+def test_orphans_past_a_validated_constraint_are_counted(migration):
+    """A foreign key that is present and validated does not prove the rows: a session with
+    session_replication_role = replica (a replication tool's, or a hand fix's) skips its
+    triggers. validate's orphan counts find them; the catalog check alone would pass."""
+    import psycopg
+
+    from authmigrate.validate import catalog_checks, orphan_checks
+
+    migration.seed(documents())
+    migration.run()
+    with psycopg.connect(migration.pg_uri, autocommit=True) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(f'INSERT INTO "{migration.schema}".user_roles (user_id, role_id) '
+                     f'SELECT %s, min(id) FROM "{migration.schema}".roles', ("no-such-user",))
+        conn.execute("RESET session_replication_role")
+        conn.execute(f'SET search_path TO "{migration.schema}"')
+        checks = {c.name: c for c in orphan_checks(conn)}
+        assert all(c.ok for c in catalog_checks(conn, migration.schema))
+    bad = checks.pop("orphans user_roles.user_id → users.id")
+    assert not bad.ok and bad.detail == "1 orphan rows", bad
+    assert checks and all(c.ok for c in checks.values()), [c.line() for c in checks.values() if not c.ok]
