@@ -265,8 +265,35 @@ def load_tables(cfg: RunConfig, source: str, tables: tuple[Table, ...], cleanup:
                 transformed: dict, guard=None) -> dict:
     """One transaction: staging tables, COPY, merge every table of the source, its rejects.
     ``guard`` is called right before the commit (the migration lock check)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from authmigrate.verify import save_file_checksums
+
     started = time.monotonic()
     changes: dict[str, dict[str, int]] = {}
+    # the verify task's side of the content check, hashed while PostgreSQL copies and indexes
+    # (this process mostly waits for it then): that task then only sums the loaded rows
+    full = {name: path for name, path in transformed["tables"].items()
+            if TABLES[name].sync != "upsert" and transformed.get("mode") != "incremental"}
+    hashing = ThreadPoolExecutor(1, thread_name_prefix="checksums")
+    hashed = hashing.submit(save_file_checksums, full) if cfg.verify and full else None
+    try:
+        rejects = _load_tables(cfg, source, tables, cleanup, transformed, guard, changes)
+    finally:
+        hashing.shutdown(wait=True)
+    if hashed is not None:
+        try:
+            log.info("load %s: checksums of %s for its verify task in %.1fs", source, sorted(full), hashed.result())
+        except Exception as exc:  # noqa: BLE001 - the verify task hashes the files itself then
+            log.warning("load %s: could not checksum the transform files for the verify task (%s: %s); it "
+                        "will hash them itself", source, type(exc).__name__, exc)
+    log.info("load %s: committed in %.1fs, %d rejects recorded", source, time.monotonic() - started, rejects)
+    return {"changes": changes, "rejects": rejects}
+
+
+def _load_tables(cfg: RunConfig, source: str, tables: tuple[Table, ...], cleanup: tuple[str, ...],
+                 transformed: dict, guard, changes: dict) -> int:
+    """:func:`load_tables`' transaction; fills ``changes``, returns the rejects recorded."""
     with connect(cfg) as conn, conn.transaction():
         use_schema(conn, cfg)
         conn.execute(q("load_session_settings"))
@@ -291,5 +318,4 @@ def load_tables(cfg: RunConfig, source: str, tables: tuple[Table, ...], cleanup:
         rejects = _copy_rejects(conn, cfg, source, Path(transformed["rejects"]))
         if guard:
             guard()
-    log.info("load %s: committed in %.1fs, %d rejects recorded", source, time.monotonic() - started, rejects)
-    return {"changes": changes, "rejects": rejects}
+    return rejects

@@ -120,3 +120,44 @@ def test_orphans_past_a_validated_constraint_are_counted(migration):
     bad = checks.pop("orphans user_roles.user_id → users.id")
     assert not bad.ok and bad.detail == "1 orphan rows", bad
     assert checks and all(c.ok for c in checks.values()), [c.line() for c in checks.values() if not c.ok]
+
+
+def test_the_verify_task_uses_the_checksums_the_load_saved_of_those_very_files(migration, tmp_path, monkeypatch):
+    """The load task hashes the transform files while PostgreSQL works (save_file_checksums);
+    verify_table then sums only the loaded side. A file written again after it was hashed is
+    hashed anew; a mismatch still names the rows."""
+    import os
+    import stat
+
+    import psycopg
+
+    from authmigrate import verify
+    from authmigrate.registry import COLLECTIONS
+    from authmigrate.staging import write_frame
+    from authmigrate.transform import documents_frame, transform_users
+
+    migration.seed(documents())
+    migration.run()
+    frame = transform_users(documents_frame(documents()["users"], COLLECTIONS["users"].projection)).tables
+    paths = {name: str(write_frame(frame[name], tmp_path / f"{name}.parquet")) for name in ("users", "user_roles")}
+    verify.save_file_checksums(paths)
+    for path in paths.values():
+        assert stat.S_IMODE(os.stat(f"{path}.checksum.json").st_mode) == 0o600
+
+    def no_hashing(*_):
+        raise AssertionError("hashed the file again")
+
+    monkeypatch.setattr(verify, "file_checksum", no_hashing)
+    with psycopg.connect(migration.pg_uri) as conn:
+        conn.execute(f'SET search_path TO "{migration.schema}"')
+        for name, path in paths.items():
+            ok, detail = verify.verify_table(conn, name, path)
+            assert ok and "checksummed" in detail, detail
+        conn.execute("UPDATE users SET last_name = 'changed' WHERE id = '000000000002'")
+        ok, detail = verify.verify_table(conn, "users", paths["users"])
+        assert not ok and "000000000002: last_name" in detail, detail
+        conn.rollback()
+        conn.execute(f'SET search_path TO "{migration.schema}"')
+        write_frame(frame["users"].iloc[1:], tmp_path / "users.parquet")  # the transform ran again
+        with pytest.raises(AssertionError, match="hashed the file again"):
+            verify.verify_table(conn, "users", paths["users"])
