@@ -267,20 +267,16 @@ def load_tables(cfg: RunConfig, source: str, tables: tuple[Table, ...], cleanup:
     ``guard`` is called right before the commit (the migration lock check)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from authmigrate.verify import save_file_checksums
+    from authmigrate.verify import save_file_checksums, whole_table
 
     started = time.monotonic()
     changes: dict[str, dict[str, int]] = {}
     # the verify task's side of the content check, hashed while PostgreSQL copies and indexes
     # (this process mostly waits for it then): that task then only sums the loaded rows
-    full = {name: path for name, path in transformed["tables"].items()
-            if TABLES[name].sync != "upsert" and transformed.get("mode") != "incremental"}
-    hashing = ThreadPoolExecutor(1, thread_name_prefix="checksums")
-    hashed = hashing.submit(save_file_checksums, full) if cfg.verify and full else None
-    try:
+    full = {name: path for name, path in transformed["tables"].items() if whole_table(name, transformed)}
+    with ThreadPoolExecutor(1, thread_name_prefix="checksums") as hashing:  # its end waits for the hashing
+        hashed = hashing.submit(save_file_checksums, full) if cfg.verify and full else None
         rejects = _load_tables(cfg, source, tables, cleanup, transformed, guard, changes)
-    finally:
-        hashing.shutdown(wait=True)
     if hashed is not None:
         try:
             log.info("load %s: checksums of %s for its verify task in %.1fs", source, sorted(full), hashed.result())

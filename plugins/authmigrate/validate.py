@@ -178,9 +178,9 @@ def content_checks(cfg: RunConfig, results: dict[str, dict]) -> list[Check]:
     import queue
     import threading
 
-    from authmigrate.verify import verify_table
+    from authmigrate.verify import verify_table, whole_table
 
-    jobs = [(name, path, TABLES[name].sync != "upsert" and r["transform"].get("mode") != "incremental")
+    jobs = [(name, path, whole_table(name, r["transform"]))
             for r in results.values() for name, path in r["transform"]["tables"].items()]
     todo: queue.Queue = queue.Queue()
     for job in sorted(jobs, key=lambda j: -os.path.getsize(j[1])):

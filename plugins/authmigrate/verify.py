@@ -263,6 +263,18 @@ def _copy_expected(conn, table: Table, path, expected: sql.Composable) -> int:
     return parents if children else n
 
 
+def whole_table(table_name: str, transformed: dict) -> bool:
+    """Whether a transform's file holds the whole table (``verify_table``'s ``full``): not an
+    incremental batch, nor a table merged by upsert. Only such a file is compared by checksum."""
+    return TABLES[table_name].sync != "upsert" and transformed.get("mode") != "incremental"
+
+
+def _loaded_checksum(conn, table: Table) -> tuple[int, int]:
+    """(rows, checksum) of the loaded table (:file:`verify_checksum.sql`)."""
+    rows, total = conn.execute(q("verify_checksum", target=table.name, row_text=_row_text(table))).fetchone()
+    return int(rows), int(total)
+
+
 def _checksum_file(path) -> Path:
     return Path(f"{path}.checksum.json")
 
@@ -311,14 +323,13 @@ def _checksums_match(conn, table: Table, path) -> tuple[int, bool]:
 
     saved = _saved_checksum(path)
     if saved is not None:  # hashed by the load task
-        loaded = conn.execute(q("verify_checksum", target=table.name, row_text=_row_text(table))).fetchone()
-        return saved[0], (int(loaded[0]), int(loaded[1])) == saved
+        return saved[0], _loaded_checksum(conn, table) == saved
     loaded: list = []
     failed: list[BaseException] = []
 
     def sum_loaded() -> None:
         try:
-            loaded.extend(conn.execute(q("verify_checksum", target=table.name, row_text=_row_text(table))).fetchone())
+            loaded.append(_loaded_checksum(conn, table))
         except BaseException as exc:  # raised below, in the caller's thread
             failed.append(exc)
 
@@ -330,7 +341,7 @@ def _checksums_match(conn, table: Table, path) -> tuple[int, bool]:
         summing.join()
     if failed:
         raise failed[0]
-    return rows, (int(loaded[0]), int(loaded[1])) == (rows, total)
+    return rows, loaded[0] == (rows, total)
 
 
 def verify_table(conn, table_name: str, expected, full: bool = True) -> tuple[bool, str]:
