@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -89,9 +90,10 @@ def watermark(cfg: RunConfig, collection: str) -> dt.datetime | None:
     return row[0] if row else None
 
 
-def _write_columns(columns, out: Path, batch_size: int, progress: Progress) -> int:
+def _write_columns(columns, out: Path, batch_size: int, progress: Progress, tap=None) -> int:
     """Arrow binary columns of raw BSON documents into a Parquet file (replaced atomically), in
-    row groups of at most ``batch_size``; an export of nothing has one empty row group."""
+    row groups of at most ``batch_size``; an export of nothing has one empty row group.
+    ``tap``: called with each row group's column once it is written."""
     tmp = out.with_suffix(".parquet.partial")
     batches = 0
     with private_file(tmp) as fh, pq.ParquetWriter(fh, SCHEMA) as writer:
@@ -99,6 +101,8 @@ def _write_columns(columns, out: Path, batch_size: int, progress: Progress) -> i
             for start in range(0, len(column), batch_size):
                 part = column.slice(start, batch_size)
                 writer.write_table(pa.table({"bson": part}, schema=SCHEMA))
+                if tap is not None:
+                    tap(part)
                 progress.advance(len(part))
                 batches += 1
         if batches == 0:
@@ -109,7 +113,7 @@ def _write_columns(columns, out: Path, batch_size: int, progress: Progress) -> i
     return batches
 
 
-def _write_raw(cursor, out: Path, batch_size: int, progress: Progress) -> int:
+def _write_raw(cursor, out: Path, batch_size: int, progress: Progress, tap=None) -> int:
     """Stream raw BSON documents from a cursor into a Parquet file (row group per batch)."""
     def columns():
         batch: list[bytes] = []
@@ -121,7 +125,133 @@ def _write_raw(cursor, out: Path, batch_size: int, progress: Progress) -> int:
         if batch:
             yield pa.array(batch, pa.binary())
 
-    return _write_columns(columns(), out, batch_size, progress)
+    return _write_columns(columns(), out, batch_size, progress, tap)
+
+
+ACCEPT_QUEUE_DOCUMENTS = 150_000  # read documents waiting for the accepting worker, at most (~60 MB of users)
+
+
+class AcceptWhileReading:
+    """The users transform's first step (decode, coerce, explode: ``transform_task.accept_batches``)
+    done while the export reads, by a worker process of its own fed each batch as it is written.
+
+    The read waits for the source (nx-27017 serves one request at a time, on one core), so the
+    other core would be idle: the transform task then accepts only the documents after those the
+    worker took (``transform_task.accepted_prefix``), with all its workers. The read never waits
+    for the worker, which runs at a lower priority (``nice``): when ``ACCEPT_QUEUE_DOCUMENTS``
+    read documents wait for it, it gets no more; when the read ends, it finishes what it has in
+    hand and the rest is left to the transform. What it took is always a run of whole batches from
+    the export's first document; its result says how many (``rows``). If it fails, the export
+    goes on and the transform accepts everything (a line says so)."""
+
+    def __init__(self, folder: Path, batch_size: int):
+        import queue
+        import shutil
+        import subprocess
+        import threading
+
+        from authmigrate.transform_task import start_worker
+
+        self.folder = folder / "accepted"
+        if self.folder.exists():  # a retried export's: never paired with this export
+            shutil.rmtree(self.folder)
+        self.folder.mkdir(mode=0o700, parents=True)
+        self.result = self.folder / "result.pickle"
+        spec = {"out": str(self.folder), "batch_size": batch_size, "result": str(self.result),
+                "what": "transform users, accepted while exporting"}
+        self.proc = start_worker(spec, "--stream", stdin=subprocess.PIPE)
+        self.queue: queue.Queue = queue.Queue(maxsize=max(2, ACCEPT_QUEUE_DOCUMENTS // max(batch_size, 1)))
+        self.full, self.closing, self.error = queue.Full, False, None
+        self.fed = 0  # documents queued for the worker, from the export's first on
+        self.behind = False
+        self.thread = threading.Thread(target=self._feed, name="accept-while-reading", daemon=True)
+        self.thread.start()
+
+    def __call__(self, column: pa.Array) -> None:
+        if self.behind or self.error is not None:
+            return
+        try:
+            self.queue.put_nowait(column)
+        except self.full:
+            self.behind = True
+            log.info("export users: the worker accepting while reading is %d documents behind after %d: the "
+                     "transform task accepts the documents after the ones it takes", ACCEPT_QUEUE_DOCUMENTS,
+                     self.fed)
+            return
+        self.fed += len(column)
+
+    def _feed(self) -> None:
+        """Write the queued batches to the worker, until the end (None); once the read has ended
+        (``closing``), take what is still queued without writing it."""
+        try:
+            with pa.ipc.new_stream(self.proc.stdin, SCHEMA) as writer:
+                while True:
+                    column = self.queue.get()
+                    try:
+                        if column is None:
+                            break
+                        if not self.closing:
+                            writer.write_batch(pa.record_batch([column], schema=SCHEMA))
+                    finally:
+                        self.queue.task_done()
+        except Exception as exc:  # noqa: BLE001 - e.g. a broken pipe: the worker is gone (finish says so)
+            self.error = exc
+        finally:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+
+    def _end(self) -> None:
+        self.closing = True
+        while self.thread.is_alive():
+            try:
+                self.queue.put(None, timeout=1)
+                break
+            except self.full:
+                continue
+
+    def finish(self) -> dict | None:
+        """The read has ended: end the stream (the worker finishes what it has in hand) and wait
+        for the worker. Returns what the transform needs to take its result, or None."""
+        import pickle
+        import time
+
+        began = time.monotonic()
+        self._end()
+        self.thread.join()
+        code = self.proc.wait()
+        if code != 0 or self.error is not None:
+            log.warning("export users: the worker accepting while reading failed (exit code %s, %s; its error is "
+                        "in the log above): the transform task accepts every document", code,
+                        type(self.error).__name__ if self.error is not None else "no error feeding it")
+            return None
+        with open(self.result, "rb") as fh:
+            rows = pickle.load(fh)["rows"]
+        log.info("export users: the worker accepted %d of the %d documents read while reading (%.1f s after the "
+                 "read ended); the transform task accepts the rest", rows, self.fed, time.monotonic() - began)
+        return {"result": str(self.result), "rows": rows}
+
+    def abort(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self._end()
+        self.thread.join(timeout=10)
+
+
+ACCEPT_WHILE_READING_MIN_DOCUMENTS = 100_000  # below, the worker's start (~1 s) costs more than it saves
+
+
+def accept_while_reading(cfg: RunConfig, collection: str, chunk: dict, since, documents: int | None) -> bool:
+    """Whether this export accepts its users while it reads (:class:`AcceptWhileReading`): a full
+    read of the whole users collection from the server, of ``ACCEPT_WHILE_READING_MIN_DOCUMENTS``
+    (estimated) or more, and AUTHMIGRATE_ACCEPT_WHILE_EXPORTING not false. A dump file is read
+    far faster than one core accepts it, so the transform task's workers do that."""
+    raw = os.environ.get("AUTHMIGRATE_ACCEPT_WHILE_EXPORTING", "true").strip().lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no", ""):
+        raise ConfigError(f"AUTHMIGRATE_ACCEPT_WHILE_EXPORTING must be true or false, got {raw!r}")
+    return (raw in ("true", "1", "yes", "") and collection == "users" and chunk["kind"] == "all"
+            and since is None and cfg.source != "files" and (documents or 0) >= ACCEPT_WHILE_READING_MIN_DOCUMENTS)
 
 
 # --------------------------------------------------------------------------- chunks
@@ -233,9 +363,17 @@ def export_chunk(cfg: RunConfig, chunk: dict) -> dict:
                         and since is None else None)
     projection = {f: 1 for f in spec.projection} if server_projection() else None
     cursor = coll.find(query, projection, sort=[("_id", 1)], batch_size=cfg.batch_size)
-    batches = _write_raw(cursor, out, cfg.batch_size, progress)
+    accept = AcceptWhileReading(folder, cfg.batch_size) \
+        if accept_while_reading(cfg, collection, chunk, since, progress.total) else None
+    try:
+        batches = _write_raw(cursor, out, cfg.batch_size, progress, accept)
+    except BaseException:
+        if accept is not None:
+            accept.abort()
+        raise
     result = {**chunk, "path": str(out), "documents": progress.done, "batches": batches,
-              "mode": "incremental" if since else "full", "since": since.isoformat() if since else None}
+              "mode": "incremental" if since else "full", "since": since.isoformat() if since else None,
+              "accepted": accept.finish() if accept is not None else None}
     if chunk["index"] == 0 or chunk["kind"] == "all":
         result["unmapped_fields"] = unmapped_fields(coll, set(spec.projection))
         if result["unmapped_fields"]:
@@ -348,5 +486,6 @@ def combine(chunks: list[dict]) -> dict:
             "mode": "incremental" if any(c["mode"] == "incremental" for c in data) else "full",
             "since": next((c["since"] for c in data if c["since"]), None),
             "keys": {"path": keys["path"], "documents": keys["documents"]} if keys else None,
+            "accepted": data[0].get("accepted") if len(data) == 1 else None,
             "file_rejects": [c["file_rejects"] for c in data if c.get("file_rejects")],
             "archive_crc": next((c["archive_crc"] for c in data if c.get("archive_crc")), None)}

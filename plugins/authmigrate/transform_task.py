@@ -163,15 +163,21 @@ def transform_workers(rows: int, row_groups: int) -> int:
     return max(1, min(wanted, row_groups))
 
 
-def _row_group_parts(paths: list[str], parts: int) -> list[dict]:
+def _row_group_parts(paths: list[str], parts: int, skip: int = 0) -> list[dict]:
     """The export's row groups split into at most ``parts`` runs of consecutive row groups of
-    about equal rows, each with the export position of its first document."""
+    about equal rows, each with the export position of its first document; after the first
+    ``skip`` documents (a row-group boundary), if given."""
     units = [(path, i, meta.row_group(i).num_rows)
              for path in paths for meta in [pq.ParquetFile(path).metadata] for i in range(meta.num_row_groups)]
+    skipped = 0
+    while units and skipped < skip:
+        skipped += units.pop(0)[2]
+    if skipped != skip:
+        raise ValueError(f"{skip} documents do not end at a row group of the export")
     total = sum(n for *_, n in units)
     out: list[dict] = []
     current: list[tuple] = []
-    start = position = 0
+    start = position = skip
 
     def close() -> None:
         groups: dict[str, list[int]] = {}
@@ -182,7 +188,7 @@ def _row_group_parts(paths: list[str], parts: int) -> list[dict]:
     for unit in units:
         current.append(unit)
         position += unit[2]
-        if len(out) < parts - 1 and position >= total * (len(out) + 1) // parts:
+        if len(out) < parts - 1 and position - skip >= total * (len(out) + 1) // parts:
             close()
             current, start = [], position
     if current:
@@ -192,83 +198,100 @@ def _row_group_parts(paths: list[str], parts: int) -> list[dict]:
 
 def accept_part(files: list[tuple[str, list[int]] | str], start: int, out: Path, batch_size: int,
                 what: str = "transform users") -> dict:
-    """Step 1 of the users transform over some of the export: per batch, decode, count into the
-    census, coerce (``users_accept``) and explode; write the accepted rows (``users.accepted``)
-    and their join rows (``user_roles.accepted``), each tagged with its document's position in
-    the export (``start`` is that of the first). ``files``: export files, or (file, row groups)."""
+    """Step 1 of the users transform over some of the export (:func:`accept_batches`).
+    ``files``: export files, or (file, row groups); ``start``: the export position of the first."""
     files = [(f, None) if isinstance(f, str) else f for f in files]
     metas = [pq.ParquetFile(p).metadata for p, _ in files]
     total = sum(m.num_rows if groups is None else sum(m.row_group(i).num_rows for i in groups)
                 for m, (_, groups) in zip(metas, files))
+    batches = (batch for path, groups in files
+               for batch in iter_batches(path, max(batch_size, MIN_TRANSFORM_BATCH), ["bson"], row_groups=groups))
+    return accept_batches(batches, start, out, total, what)
+
+
+def accept_batches(batches, start: int, out: Path, total: int | None, what: str) -> dict:
+    """Step 1 of the users transform over consecutive batches of the export (raw BSON in their
+    first column; ``start`` is the export position of the first document): per batch, decode,
+    count into the census, coerce (``users_accept``) and explode; write the accepted rows
+    (``users.accepted``) and their join rows (``user_roles.accepted``), each tagged with its
+    document's position in the export. ``rows`` in the result: the documents it took."""
     progress = Progress(what, total)
     census = FieldCensus()
     part = {"rejects": [], "undecodable": [], "element_rejects": [], "wildcard_rows": [], "decoded": 0,
-            "newest": None, "census": census}
+            "newest": None, "census": census, "start": start}
     legacy_parts: list[pd.DataFrame] = []
     position = start
     accepted = FrameWriter(out / "users.accepted.parquet")
     joined = FrameWriter(out / "user_roles.accepted.parquet")
     with accepted, joined:
-        for path, groups in files:
-            batches = iter_batches(path, max(batch_size, MIN_TRANSFORM_BATCH), ["bson"], row_groups=groups)
-            for batch in batches:
-                positions: list[int] = []
-                docs, bad = tf.decode_documents(batch.column(0).to_pylist(), positions)
-                census.add(docs)
-                part["undecodable"] += bad
-                part["decoded"] += len(docs)
-                stamps = [t for t in (d.get("updatedAt") for d in docs) if isinstance(t, dt.datetime)]
-                if stamps:
-                    newest = part["newest"]
-                    part["newest"] = max(stamps) if newest is None else max(newest, *stamps)
-                frame = tf.documents_frame(docs, COLLECTIONS["users"].projection)
-                docs = None  # the frame keeps what the rules need
-                users, batch_rejects = tf.users_accept(frame)
-                part["rejects"] += batch_rejects
-                user_roles, el_rejects, el_counts, legacy = tf.users_explode(users, frame)
-                where = [position + i for i in positions]  # frame row → position in the export
-                typed = tf._typed(users, "users")
-                typed["_row"] = pd.array([where[r] for r in users["_row"]], dtype="int64")
-                typed["_elements"] = pd.array([len(v) for v in users["_roles"]], dtype="int64")
-                accepted.write(typed)
-                roles = tf._typed(user_roles, "user_roles")
-                roles["_row"] = pd.array([where[r] for r in user_roles["_row"]], dtype="int64")
-                joined.write(roles)
-                part["element_rejects"] += [{**r, "_row": where[r["_row"]]} for r in el_rejects]
-                part["wildcard_rows"] += [where[r] for r in el_counts["_wildcard_rows"]]
-                legacy_parts.append(legacy.assign(_row=[where[r] for r in legacy["_row"]]))
-                position += batch.num_rows
-                progress.advance(batch.num_rows)
+        for batch in batches:
+            positions: list[int] = []
+            docs, bad = tf.decode_documents(batch.column(0).to_pylist(), positions)
+            census.add(docs)
+            part["undecodable"] += bad
+            part["decoded"] += len(docs)
+            stamps = [t for t in (d.get("updatedAt") for d in docs) if isinstance(t, dt.datetime)]
+            if stamps:
+                newest = part["newest"]
+                part["newest"] = max(stamps) if newest is None else max(newest, *stamps)
+            frame = tf.documents_frame(docs, COLLECTIONS["users"].projection)
+            docs = None  # the frame keeps what the rules need
+            users, batch_rejects = tf.users_accept(frame)
+            part["rejects"] += batch_rejects
+            user_roles, el_rejects, el_counts, legacy = tf.users_explode(users, frame)
+            where = [position + i for i in positions]  # frame row → position in the export
+            typed = tf._typed(users, "users")
+            typed["_row"] = pd.array([where[r] for r in users["_row"]], dtype="int64")
+            typed["_elements"] = pd.array([len(v) for v in users["_roles"]], dtype="int64")
+            accepted.write(typed)
+            roles = tf._typed(user_roles, "user_roles")
+            roles["_row"] = pd.array([where[r] for r in user_roles["_row"]], dtype="int64")
+            joined.write(roles)
+            part["element_rejects"] += [{**r, "_row": where[r["_row"]]} for r in el_rejects]
+            part["wildcard_rows"] += [where[r] for r in el_counts["_wildcard_rows"]]
+            legacy_parts.append(legacy.assign(_row=[where[r] for r in legacy["_row"]]))
+            position += batch.num_rows
+            progress.advance(batch.num_rows)
         part["accepted"] = str(accepted.close())
         part["joined"] = str(joined.close())
     progress.log(final=True)
+    part["rows"] = position - start
     part["legacy"] = pd.concat(legacy_parts, ignore_index=True) if legacy_parts else \
         pd.DataFrame({"app_id": [], "user_id": [], "_row": []})
     return part
 
 
-def _accept_in_workers(paths: list[str], out: Path, batch_size: int, workers: int) -> list[dict]:
-    """:func:`accept_part` over ``workers`` runs of the export's row groups, each in a process of
-    its own (``python -m authmigrate.transform_worker``, dying with this one), side by side; their
-    results in export order. A failed worker fails the task (its retry redoes every part)."""
-    import pickle
+def start_worker(spec: dict, *options: str, stdin=None):
+    """``python -m authmigrate.transform_worker [options] SPEC`` in a process of its own that dies
+    with this one (``stdin``: a pipe, or none)."""
     import subprocess
     import sys
 
     from authmigrate.tasks import die_with_parent
 
-    parts = _row_group_parts(paths, workers)
     # the package's folder (Airflow puts its plugins folder on sys.path, not on PYTHONPATH)
     package_root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    return subprocess.Popen([sys.executable, "-m", "authmigrate.transform_worker", *options, json.dumps(spec)],
+                            env=env, stdin=subprocess.DEVNULL if stdin is None else stdin,
+                            preexec_fn=die_with_parent)
+
+
+def _accept_in_workers(paths: list[str], out: Path, batch_size: int, workers: int, skip: int = 0) -> list[dict]:
+    """:func:`accept_part` over ``workers`` runs of the export's row groups (after its first
+    ``skip`` documents), each in a process of its own (``python -m authmigrate.transform_worker``,
+    dying with this one), side by side; their results in export order. A failed worker fails the
+    task (its retry redoes every part)."""
+    import pickle
+
+    parts = _row_group_parts(paths, workers, skip)
     procs = []
     for k, part in enumerate(parts):
         folder = out / f"part-{k:03d}"
         folder.mkdir(exist_ok=True, mode=0o700)
         spec = {"files": part["files"], "start": part["start"], "out": str(folder), "batch_size": batch_size,
                 "what": f"transform users, part {k + 1}/{len(parts)}", "result": str(folder / "result.pickle")}
-        procs.append((subprocess.Popen([sys.executable, "-m", "authmigrate.transform_worker", json.dumps(spec)],
-                                       env=env, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent), spec))
+        procs.append((start_worker(spec), spec))
     log.info("transform users: %d documents accepted by %d processes side by side (rows per part: %s)",
              sum(p["rows"] for p in parts), len(parts), [p["rows"] for p in parts])
     failed = [(spec["what"], proc.wait()) for proc, spec in procs]
@@ -299,10 +322,10 @@ def _loser_rejects(paths: list[str], batch_size: int, losers: list[tuple[int, st
     return rejects
 
 
-def _write_survivors(name: str, sources: list[Path], out: Path, batch_size: int, lost: pa.Array
-                     ) -> tuple[Path, int]:
-    """``<name>.parquet``: the accepted rows of the workers' files (``sources``, removed after)
-    minus the rows of the documents ``lost`` (export positions), with the exact dtypes of
+def _write_survivors(name: str, sources: list[Path], out: Path, batch_size: int, lost: pa.Array,
+                     keep: frozenset[Path] = frozenset()) -> tuple[Path, int]:
+    """``<name>.parquet``: the accepted rows of the workers' files (``sources``, removed after,
+    but for those in ``keep``) minus the rows of the documents ``lost`` (export positions), with the exact dtypes of
     ``transform._typed``. Returns its path and, for users, the array elements its rows hold."""
     empty = tf._typed(pd.DataFrame(), name)
     schema = pa.Schema.from_pandas(empty, preserve_index=False)  # with the pandas metadata of exact dtypes
@@ -320,11 +343,38 @@ def _write_survivors(name: str, sources: list[Path], out: Path, batch_size: int,
                     writer.write(tf._typed(table.to_pandas(), name))  # exact dtypes, e.g. Int64
         path = writer.close(empty)
     for source in sources:
-        source.unlink()
+        if source not in keep:
+            source.unlink()
     return path, elements
 
 
-def transform_users_batched(paths: str | list[str], out, batch_size: int, census: FieldCensus | None = None
+def accepted_prefix(paths: list[str], prefix: dict | None) -> dict | None:
+    """The first step's result for the export's first documents, as the export task left it
+    (``export.AcceptWhileReading``), when it is whole and of this very export; else None (with a
+    line saying why: the transform then accepts those documents itself)."""
+    import pickle
+
+    if not prefix or not prefix.get("rows"):
+        return None
+    try:
+        with open(prefix["result"], "rb") as fh:
+            part = pickle.load(fh)
+        if part["start"] != 0 or part["rows"] != prefix["rows"]:
+            raise ValueError(f"it holds {part['rows']} documents from {part['start']}, the export names "
+                             f"{prefix['rows']} from 0")
+        missing = [f for f in (part["accepted"], part["joined"]) if not Path(f).exists()]
+        if missing:
+            raise FileNotFoundError(f"its files {missing} are gone")
+        _row_group_parts(paths, 1, part["rows"])  # the documents end at a row group of the export
+    except (OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
+        log.warning("transform users: the rows the export accepted while reading are not usable (%s): "
+                    "accepting every document here", exc)
+        return None
+    return part
+
+
+def transform_users_batched(paths: str | list[str], out, batch_size: int, census: FieldCensus | None = None,
+                            prefix: dict | None = None
                             ) -> tuple[tf.Result, dict[str, str], dt.datetime | None, list[dict]]:
     """The users transform on an export of any size, holding one batch of documents at a time
     (plus the key columns of the whole collection), with exactly the result of
@@ -335,15 +385,29 @@ def transform_users_batched(paths: str | list[str], out, batch_size: int, census
     2. Rank the whole collection's key columns (``coded_duplicate_plan``): the documents that lose a
        uniqueness contest; only those are decoded again, to explain their rejects.
     3. Stream the accepted rows once more, leaving out the losers.
+    ``prefix``: step 1 for the export's first documents, done by the export task while it read
+    (:func:`accepted_prefix`); step 1 then covers only the documents after them.
     Returns the result (tables hold only the small ones; users and user_roles are files),
     the paths of those files, the newest ``updatedAt`` seen and the undecodable documents' rejects."""
     paths = _paths(paths)
-    row_groups = sum(pq.ParquetFile(p).metadata.num_row_groups for p in paths)
-    workers = transform_workers(export_rows(paths), row_groups)
-    if workers > 1:
-        parts = _accept_in_workers(paths, out, batch_size, workers)
-    else:
-        parts = [accept_part(paths, 0, out, batch_size)]
+    first = accepted_prefix(paths, prefix)
+    skip = first["rows"] if first else 0
+    rest = _row_group_parts(paths, 1 << 30, skip)  # a unit per row group
+    remaining = sum(p["rows"] for p in rest)
+    if first:
+        log.info("transform users: the export accepted its first %d documents while reading; %d remain",
+                 skip, remaining)
+    workers = transform_workers(remaining, len(rest))
+    parts = [first] if first else []
+    if remaining and workers > 1:
+        parts += _accept_in_workers(paths, out, batch_size, workers, skip)
+    elif remaining or not first:
+        files: dict[str, list[int]] = {}
+        for part in rest:
+            for f, groups in part["files"]:
+                files.setdefault(f, []).extend(groups)
+        parts.append(accept_part(list(files.items()), skip, out, batch_size))
+    kept = frozenset(Path(first[k]) for k in ("accepted", "joined")) if first else frozenset()
     release()
     rejects = [r for p in parts for r in p["rejects"]]
     undecodable = [r for p in parts for r in p["undecodable"]]
@@ -370,14 +434,15 @@ def transform_users_batched(paths: str | list[str], out, batch_size: int, census
     # the GIL) while this one words the losers' rejects: 1M users, 7.8 -> 6.2 s for a part of the task
     # that otherwise runs on one core
     with ThreadPoolExecutor(2, thread_name_prefix="survivors") as pool:
-        written = {name: pool.submit(_write_survivors, name, sources, out, batch_size, lost_array)
+        written = {name: pool.submit(_write_survivors, name, sources, out, batch_size, lost_array, kept)
                    for name, sources in (("users", accepted_paths), ("user_roles", joined_paths))}
         rejects += _loser_rejects(paths, batch_size, losers)
         log.info("transform users: %d documents lose a uniqueness contest (duplicate key, username, email "
                  "or identity)", len(lost))
         survivors = {name: future.result()[0] for name, future in written.items()}
         elements = written["users"].result()[1]
-    for folder in {path.parent for path in accepted_paths} - {Path(out)}:  # the workers' part folders
+    for folder in {path.parent for path in accepted_paths} - {Path(out)} - {path.parent for path in kept}:
+        # the workers' part folders
         shutil.rmtree(folder)
     role_ids = pq.read_table(survivors["user_roles"], columns=["role_id"]).column("role_id")
     legacy = legacy[~legacy["_row"].isin(lost)]
@@ -561,7 +626,8 @@ def _absent(cfg: RunConfig, collection: str, exported: dict) -> dict:
 def _transform_users_file(cfg: RunConfig, exported: dict) -> dict:
     out = collection_dir(cfg, "users", "transform")
     census = FieldCensus()
-    result, files, newest, undecodable = transform_users_batched(exported["paths"], out, cfg.batch_size, census)
+    result, files, newest, undecodable = transform_users_batched(exported["paths"], out, cfg.batch_size, census,
+                                                                 exported.get("accepted"))
     undecodable += file_rejects(exported)
     return _outputs("users", out, result, files, undecodable, newest, False, None, None,
                     collection_census(census, "users"))

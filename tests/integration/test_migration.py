@@ -290,3 +290,26 @@ def assert_asset_events(migration, dr) -> None:
     assert set(events) == {f"postgres://127.0.0.1:5432/{db}/{migration.schema}/{t}" for t in loaded}
     users = events[f"postgres://127.0.0.1:5432/{db}/{migration.schema}/users"]
     assert users == {"run_id": dr.run_id, "mode": "full", "inserted": 6, "updated": 0, "deleted": 0}
+
+
+def test_users_accepted_while_reading_give_the_target_of_a_transform_that_accepts_them(migration, monkeypatch):
+    """The users export from the server hands its batches to a worker process as it reads
+    (``AcceptWhileReading``; here for any size, in batches of 100): the run's target and rejects
+    equal those of a run where the transform accepts every document itself."""
+    from authmigrate import export
+    from tools.seed_mongo import generate
+
+    monkeypatch.setattr(export, "ACCEPT_WHILE_READING_MIN_DOCUMENTS", 0)
+    migration.seed({c: documents()[c] + generate(1500, seed=11, dirty_ratio=0.2)[c] for c in documents()})
+    runs = {}
+    for label, flag in (("while reading", "true"), ("in the transform", "false")):
+        monkeypatch.setenv("AUTHMIGRATE_ACCEPT_WHILE_EXPORTING", flag)
+        dr = migration.run(batch_size=100)
+        accepted = dr.get_task_instance("users.export", map_index=0).xcom_pull(task_ids="users.export",
+                                                                              map_indexes=0)["accepted"]
+        assert (accepted is not None) == (flag == "true"), label  # the worker ran, and ended well
+        rejects = sorted((r[:6] for r in migration.rejects(dr.run_id)), key=repr)
+        runs[label] = migration.snapshot(with_synced_at=False), rejects
+    (target, rejects), (want_target, want_rejects) = runs.values()
+    assert target == want_target and rejects == want_rejects
+    assert len(rejects) > 100 and len(target["users"]) > 1000

@@ -103,6 +103,150 @@ def test_users_transform_in_worker_processes_equals_the_in_process_one(tmp_path,
     assert w_paths == paths and paths["providerRoles[]"]["documents"] > 1000
 
 
+def _users_run(export, out, census_paths=True, **kwargs):
+    from authmigrate.census import FieldCensus
+
+    out.mkdir()
+    census = FieldCensus()
+    result, files, newest, bad = tt.transform_users_batched(str(export), out, 50, census, **kwargs)
+    return result, {n: read_frame(f) for n, f in files.items()}, newest, bad, census.paths()
+
+
+def _assert_same_run(got, want):
+    (result, frames, newest, bad, paths), (w_result, w_frames, w_newest, w_bad, w_paths) = got, want
+    for name in w_frames:
+        pd.testing.assert_frame_equal(frames[name], w_frames[name])  # same rows in the same order
+    pd.testing.assert_frame_equal(result.rejects, w_result.rejects)
+    pd.testing.assert_frame_equal(result.extras["legacy_owners"], w_result.extras["legacy_owners"])
+    assert result.counts == w_result.counts and (newest, bad) == (w_newest, w_bad) and paths == w_paths
+
+
+def _accept_streamed(export, folder, row_groups: int) -> dict:
+    """What the users export leaves when its worker took the first ``row_groups`` row groups:
+    the worker of ``--stream``, fed those row groups as an Arrow IPC stream."""
+    stream = folder / "stream.arrow"
+    folder.mkdir()
+    source = pq.ParquetFile(export)
+    with pa.ipc.new_stream(stream, source.schema_arrow) as writer:
+        for i in range(row_groups):
+            writer.write_table(source.read_row_group(i))
+    spec = {"out": str(folder), "batch_size": 50, "result": str(folder / "result.pickle"), "what": "test"}
+    with open(stream, "rb") as fh:
+        assert tt.start_worker(spec, "--stream", stdin=fh).wait(60) == 0
+    return {"result": spec["result"], "rows": sum(source.metadata.row_group(i).num_rows for i in range(row_groups))}
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("taken", [1, 8, 16])  # of the export's 16 row groups
+def test_users_transform_after_the_export_accepted_a_prefix_equals_the_whole_one(tmp_path, raws, monkeypatch,
+                                                                                  workers, taken):
+    """The users export from a server accepts documents while it reads (``AcceptWhileReading``):
+    the transform then accepts only the documents after those, in-process or in workers, with
+    exactly the files, rejects, counts and census of a transform that accepts them all; the
+    prefix's files stay, so a retried transform takes them again."""
+    monkeypatch.setenv("AUTHMIGRATE_TRANSFORM_WORKERS", workers)
+    monkeypatch.setattr(tt, "TRANSFORM_WORKERS_MIN_ROWS", 0)
+    monkeypatch.setattr(tt, "MIN_TRANSFORM_BATCH", 1)
+    export = tmp_path / "documents.parquet"
+    pq.write_table(pa.table({"bson": pa.array(raws, pa.binary())}), export, row_group_size=97)
+    assert pq.ParquetFile(export).metadata.num_row_groups == 16
+    whole = _users_run(export, tmp_path / "whole")
+    prefix = _accept_streamed(export, tmp_path / "accepted", taken)
+    for attempt in ("first", "retried"):
+        _assert_same_run(_users_run(export, tmp_path / attempt, prefix=prefix), whole)
+        assert sorted(p.name for p in (tmp_path / attempt).iterdir()) == ["user_roles.parquet", "users.parquet"]
+        assert {"users.accepted.parquet", "user_roles.accepted.parquet"} <= {
+            p.name for p in (tmp_path / "accepted").iterdir()}
+
+
+def test_a_prefix_that_is_not_this_exports_is_not_used(tmp_path, raws, monkeypatch, caplog):
+    """A prefix whose count or files do not match (a worker's result of another export, files
+    removed, a count not at a row group) is set aside with a line, and every document is
+    accepted by the transform: the same result."""
+    monkeypatch.setattr(tt, "MIN_TRANSFORM_BATCH", 1)
+    export = tmp_path / "documents.parquet"
+    pq.write_table(pa.table({"bson": pa.array(raws, pa.binary())}), export, row_group_size=97)
+    whole = _users_run(export, tmp_path / "whole")
+    prefix = _accept_streamed(export, tmp_path / "accepted", 5)
+    for k, (bad, why) in enumerate([({**prefix, "rows": 97 * 4}, "the export names 388"),
+                                    ({**prefix, "result": str(tmp_path / "nowhere.pickle")}, "No such file")]):
+        _assert_same_run(_users_run(export, tmp_path / f"run{k}", prefix=bad), whole)
+        assert why in caplog.text and "accepting every document here" in caplog.text
+    (tmp_path / "accepted" / "users.accepted.parquet").unlink()
+    _assert_same_run(_users_run(export, tmp_path / "gone", prefix=prefix), whole)
+    assert "are gone" in caplog.text
+
+
+def test_accept_while_reading_takes_every_batch_the_export_writes(tmp_path, raws, monkeypatch):
+    """The export's side: each row group it writes goes to the worker as it is written. Once
+    every batch has been handed to the worker, the end of the read leaves it the whole export,
+    and the transform then accepts nothing more: the same result as without."""
+    from authmigrate import export as ex
+    from authmigrate.progress import Progress
+
+    monkeypatch.setattr(tt, "MIN_TRANSFORM_BATCH", 1)
+    export = tmp_path / "documents.parquet"
+    accept = ex.AcceptWhileReading(tmp_path / "export", 97)
+    columns = (pa.array(raws[i:i + 97], pa.binary()) for i in range(0, len(raws), 97))
+    assert ex._write_columns(columns, export, 97, Progress("test", None), accept) == 16
+    accept.queue.join()  # every batch written to the worker's stdin (it takes them all before the end)
+    prefix = accept.finish()
+    assert prefix == {"result": str(tmp_path / "export" / "accepted" / "result.pickle"), "rows": len(raws)}
+    whole = _users_run(export, tmp_path / "whole")
+    _assert_same_run(_users_run(export, tmp_path / "prefixed", prefix=prefix), whole)
+
+
+def test_a_failed_accepting_worker_leaves_the_accept_to_the_transform(tmp_path, raws, monkeypatch, caplog):
+    from authmigrate import export as ex
+
+    accept = ex.AcceptWhileReading(tmp_path / "export", 97)
+    accept.proc.kill()
+    accept.proc.wait()
+    for i in range(0, 970, 97):  # the feeder finds the pipe broken; the read goes on
+        accept(pa.array(raws[i:i + 97], pa.binary()))
+    assert accept.finish() is None
+    assert "the worker accepting while reading failed" in caplog.text
+
+
+def test_the_end_of_the_read_leaves_what_waits_for_the_worker_to_the_transform(tmp_path, raws, monkeypatch):
+    """The read has ended before the worker has taken what waits for it (here: before the worker
+    even starts reading): it gets no more, and the transform accepts the rest (here: all)."""
+    from authmigrate import export as ex
+
+    monkeypatch.setattr(tt, "MIN_TRANSFORM_BATCH", 1)
+    export = tmp_path / "documents.parquet"
+    pq.write_table(pa.table({"bson": pa.array(raws, pa.binary())}), export, row_group_size=97)
+    accept = ex.AcceptWhileReading(tmp_path / "export", 97)
+    accept.closing = True  # as finish sets it, before any batch is offered
+    for i in range(0, len(raws), 97):
+        accept(pa.array(raws[i:i + 97], pa.binary()))
+    prefix = accept.finish()
+    assert prefix["rows"] == 0
+    assert tt.accepted_prefix([str(export)], prefix) is None
+    _assert_same_run(_users_run(export, tmp_path / "prefixed", prefix=prefix), _users_run(export, tmp_path / "whole"))
+
+
+def test_accept_while_reading_is_for_a_full_read_of_the_users_from_the_server(monkeypatch):
+    from types import SimpleNamespace
+
+    from authmigrate.config import ConfigError
+    from authmigrate.export import accept_while_reading
+
+    server, files = SimpleNamespace(source="mongodb"), SimpleNamespace(source="files")
+    whole, n = {"kind": "all"}, 1_000_000
+    assert accept_while_reading(server, "users", whole, None, n)
+    assert not accept_while_reading(files, "users", whole, None, n)  # a dump is read faster than accepted
+    assert not accept_while_reading(server, "oauthRoles", whole, None, n)
+    assert not accept_while_reading(server, "users", {"kind": "range"}, None, n)  # chunked: positions per chunk
+    assert not accept_while_reading(server, "users", whole, "2026-01-01", n)  # incremental
+    assert not accept_while_reading(server, "users", whole, None, 99_999)  # small: the worker's start costs more
+    monkeypatch.setenv("AUTHMIGRATE_ACCEPT_WHILE_EXPORTING", "false")
+    assert not accept_while_reading(server, "users", whole, None, n)
+    monkeypatch.setenv("AUTHMIGRATE_ACCEPT_WHILE_EXPORTING", "sometimes")
+    with pytest.raises(ConfigError, match="AUTHMIGRATE_ACCEPT_WHILE_EXPORTING must be true or false"):
+        accept_while_reading(server, "users", whole, None, n)
+
+
 def test_row_group_parts_cover_the_export_in_order(tmp_path):
     for i, rows in enumerate((250, 40, 3)):
         pq.write_table(pa.table({"bson": pa.array([b"x"] * rows, pa.binary())}), tmp_path / f"c{i}.parquet",
