@@ -226,8 +226,13 @@ class AcceptWhileReading:
                         "in the log above): the transform task accepts every document", code,
                         type(self.error).__name__ if self.error is not None else "no error feeding it")
             return None
-        with open(self.result, "rb") as fh:
-            rows = pickle.load(fh)["rows"]
+        try:
+            with open(self.result, "rb") as fh:
+                rows = pickle.load(fh)["rows"]
+        except (OSError, pickle.UnpicklingError, KeyError, EOFError) as exc:
+            log.warning("export users: the result of the worker accepting while reading is not readable (%s): the "
+                        "transform task accepts every document", type(exc).__name__)
+            return None
         log.info("export users: the worker accepted %d of the %d documents read while reading (%.1f s after the "
                  "read ended); the transform task accepts the rest", rows, self.fed, time.monotonic() - began)
         return {"result": str(self.result), "rows": rows}
