@@ -167,15 +167,25 @@ def task_defaults() -> dict[str, Any]:
     }
 
 
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no", ""):
+        raise ConfigError(f"{name} must be true or false, got {raw!r}")
+    return default if raw == "" else raw in ("true", "1", "yes")
+
+
 def server_projection() -> bool:
     """AUTHMIGRATE_SERVER_PROJECTION=true: ask MongoDB for the mapped fields only. Off by default:
     the transform reads only mapped fields either way (and rejects show only those), and on the
     bundled nx-27017 a projection halves the read rate (docs/performance.md); turn it on when
     documents carry large fields outside the mapping."""
-    raw = os.environ.get("AUTHMIGRATE_SERVER_PROJECTION", "false").strip().lower()
-    if raw not in ("true", "false", "1", "0", "yes", "no", ""):
-        raise ConfigError(f"AUTHMIGRATE_SERVER_PROJECTION must be true or false, got {raw!r}")
-    return raw in ("true", "1", "yes")
+    return _env_bool("AUTHMIGRATE_SERVER_PROJECTION", False)
+
+
+def accept_while_exporting() -> bool:
+    """AUTHMIGRATE_ACCEPT_WHILE_EXPORTING=false: the users export from a server no longer
+    accepts its documents while it reads (``export.AcceptWhileReading``). On by default."""
+    return _env_bool("AUTHMIGRATE_ACCEPT_WHILE_EXPORTING", True)
 
 
 def export_parallelism() -> int:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
+import queue
+import shutil
+import subprocess
+import threading
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +21,7 @@ from bson import ObjectId, json_util
 from bson.codec_options import CodecOptions
 from bson.raw_bson import RawBSONDocument
 
-from authmigrate.config import ConfigError, RunConfig, server_projection
+from authmigrate.config import ConfigError, RunConfig, accept_while_exporting, server_projection
 from authmigrate.progress import Progress
 from authmigrate.registry import COLLECTIONS
 from authmigrate.staging import collection_dir, private_file
@@ -145,11 +148,6 @@ class AcceptWhileReading:
     goes on and the transform accepts everything (a line says so)."""
 
     def __init__(self, folder: Path, batch_size: int):
-        import queue
-        import shutil
-        import subprocess
-        import threading
-
         from authmigrate.transform_task import start_worker
 
         self.folder = folder / "accepted"
@@ -161,7 +159,7 @@ class AcceptWhileReading:
                 "what": "transform users, accepted while exporting"}
         self.proc = start_worker(spec, "--stream", stdin=subprocess.PIPE)
         self.queue: queue.Queue = queue.Queue(maxsize=max(2, ACCEPT_QUEUE_DOCUMENTS // max(batch_size, 1)))
-        self.full, self.closing, self.error = queue.Full, False, None
+        self.closing, self.error = False, None
         self.fed = 0  # documents queued for the worker, from the export's first on
         self.behind = False
         self.thread = threading.Thread(target=self._feed, name="accept-while-reading", daemon=True)
@@ -172,7 +170,7 @@ class AcceptWhileReading:
             return
         try:
             self.queue.put_nowait(column)
-        except self.full:
+        except queue.Full:
             self.behind = True
             log.info("export users: the worker accepting while reading is %d documents behind after %d: the "
                      "transform task accepts the documents after the ones it takes", ACCEPT_QUEUE_DOCUMENTS,
@@ -208,7 +206,7 @@ class AcceptWhileReading:
             try:
                 self.queue.put(None, timeout=1)
                 break
-            except self.full:
+            except queue.Full:
                 continue
 
     def finish(self) -> dict | None:
@@ -252,11 +250,8 @@ def accept_while_reading(cfg: RunConfig, collection: str, chunk: dict, since, do
     read of the whole users collection from the server, of ``ACCEPT_WHILE_READING_MIN_DOCUMENTS``
     (estimated) or more, and AUTHMIGRATE_ACCEPT_WHILE_EXPORTING not false. A dump file is read
     far faster than one core accepts it, so the transform task's workers do that."""
-    raw = os.environ.get("AUTHMIGRATE_ACCEPT_WHILE_EXPORTING", "true").strip().lower()
-    if raw not in ("true", "false", "1", "0", "yes", "no", ""):
-        raise ConfigError(f"AUTHMIGRATE_ACCEPT_WHILE_EXPORTING must be true or false, got {raw!r}")
-    return (raw in ("true", "1", "yes", "") and collection == "users" and chunk["kind"] == "all"
-            and since is None and cfg.source != "files" and (documents or 0) >= ACCEPT_WHILE_READING_MIN_DOCUMENTS)
+    return (accept_while_exporting() and collection == "users" and chunk["kind"] == "all" and since is None
+            and cfg.source != "files" and (documents or 0) >= ACCEPT_WHILE_READING_MIN_DOCUMENTS)
 
 
 # --------------------------------------------------------------------------- chunks

@@ -392,21 +392,17 @@ def transform_users_batched(paths: str | list[str], out, batch_size: int, census
     paths = _paths(paths)
     first = accepted_prefix(paths, prefix)
     skip = first["rows"] if first else 0
-    rest = _row_group_parts(paths, 1 << 30, skip)  # a unit per row group
+    rest = _row_group_parts(paths, 1, skip)  # the row groups after the prefix, as one part (none if none)
     remaining = sum(p["rows"] for p in rest)
     if first:
         log.info("transform users: the export accepted its first %d documents while reading; %d remain",
                  skip, remaining)
-    workers = transform_workers(remaining, len(rest))
+    workers = transform_workers(remaining, sum(len(groups) for p in rest for _, groups in p["files"]))
     parts = [first] if first else []
     if remaining and workers > 1:
         parts += _accept_in_workers(paths, out, batch_size, workers, skip)
     elif remaining or not first:
-        files: dict[str, list[int]] = {}
-        for part in rest:
-            for f, groups in part["files"]:
-                files.setdefault(f, []).extend(groups)
-        parts.append(accept_part(list(files.items()), skip, out, batch_size))
+        parts.append(accept_part(rest[0]["files"] if rest else [], skip, out, batch_size))
     kept = frozenset(Path(first[k]) for k in ("accepted", "joined")) if first else frozenset()
     release()
     rejects = [r for p in parts for r in p["rejects"]]

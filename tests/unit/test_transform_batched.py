@@ -103,7 +103,7 @@ def test_users_transform_in_worker_processes_equals_the_in_process_one(tmp_path,
     assert w_paths == paths and paths["providerRoles[]"]["documents"] > 1000
 
 
-def _users_run(export, out, census_paths=True, **kwargs):
+def _users_run(export, out, **kwargs):
     from authmigrate.census import FieldCensus
 
     out.mkdir()
