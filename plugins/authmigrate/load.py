@@ -105,19 +105,23 @@ def _binary_schema(table: str) -> pa.Schema | None:
     return None if None in types else pa.schema(list(zip(TABLES[table].column_names, types)))
 
 
-def _copy_file(conn, staging: str, table: Table, path: Path) -> int:
-    """COPY a Parquet file into a staging table, streaming record batches: as PostgreSQL's
-    binary COPY, encoded from the Arrow columns in Rust (pgpq; no Python object per value),
-    or, for a table with a column type it does not encode, as text, row by row."""
+def _copy_file(conn, staging: str, table: Table, path: Path, freeze: bool = False) -> int:
+    """COPY a Parquet file into a staging table (or, for an empty target, the target itself),
+    streaming record batches: as PostgreSQL's binary COPY, encoded from the Arrow columns in Rust
+    (pgpq; no Python object per value), or, for a table with a column type it does not encode,
+    as text, row by row. ``freeze``: ``COPY ... FREEZE`` (the table was truncated in this
+    transaction), its rows written frozen, so no later scan rewrites every page to set hint bits."""
     cols = table.column_names
     schema = _binary_schema(table.name)
     batches = iter_batches(path, COPY_BATCH, list(cols))
+    options = sql.SQL(", FREEZE" if freeze else "")
     n = 0
     if schema is not None:
         from pgpq import ArrowToPostgresBinaryEncoder
 
         encoder = ArrowToPostgresBinaryEncoder(schema)
-        with conn.cursor() as cur, cur.copy(q("staging_copy_binary", staging=staging, columns=cols)) as copy:
+        with conn.cursor() as cur, cur.copy(q("staging_copy_binary", staging=staging, columns=cols,
+                                              options=options)) as copy:
             copy.write(encoder.write_header())
             for batch in batches:
                 # safe casts: an int32 column's values were range-checked by the transform
@@ -126,14 +130,13 @@ def _copy_file(conn, staging: str, table: Table, path: Path) -> int:
                 n += batch.num_rows
             copy.write(encoder.finish())
         return n
-    with conn.cursor() as cur, cur.copy(q("staging_copy", staging=staging, columns=cols)) as copy:
+    with conn.cursor() as cur, cur.copy(q("staging_copy", staging=staging, columns=cols, options=options)) as copy:
         for batch in batches:
             columns = [batch.column(c).to_pylist() for c in cols]
             for row in zip(*columns):
                 copy.write_row(row)
             n += batch.num_rows
     return n
-
 
 def _copy_keys(conn, staging: str, keys) -> None:
     conn.execute(q("source_keys_create", staging=staging))
@@ -179,44 +182,61 @@ def _rebuilt_keys(conn, cfg: RunConfig, table: str) -> tuple[list, list]:
     return primary, sorted(incoming, key=lambda c: (c.table, c.name))
 
 
-def _insert_into_empty(conn, cfg: RunConfig, table: Table, stg: str) -> int | None:
-    """The first full load of a table: when it is empty, drop its primary key, secondary
-    indexes and constraints (and the foreign keys that reference the key), INSERT every staged
-    row, then build them again (one sort per index, one set-based check per foreign key instead
-    of index maintenance and a trigger per row), all in the load's transaction: a failure (a
-    duplicate, a dangling reference) rolls it back as before, and no reader ever sees the table
-    without them. None when the table has rows."""
-    if not conn.execute(q("table_is_empty", target=table.name)).fetchone()[0]:
-        return None
+def _bulk_loaded(conn, tables: tuple[Table, ...], incremental: bool) -> set[str]:
+    """The tables of a full load that are empty (mirror and join tables): their file is COPYed
+    straight into them, with no staging table and no INSERT from it. A table whose join tables
+    of this load hold rows is merged through staging instead: their merge deletes stale rows by
+    its staged keys."""
+    if incremental:
+        return set()
+    empty = {t.name for t in tables if t.sync in ("mirror", "children")
+             and conn.execute(q("table_is_empty", target=t.name)).fetchone()[0]}
+    return {n for n in empty if not any(t.parent == n and t.name not in empty for t in tables)}
+
+
+def _copy_into_empty(conn, cfg: RunConfig, table: Table, path: Path) -> int:
+    """The first full load of an empty table: drop its primary key, secondary indexes and
+    constraints (and the foreign keys that reference the key), COPY the file straight into it
+    (frozen, after a TRUNCATE of the empty table, when nothing the load cannot build again
+    references it), then build them again (one sort per index, one set-based check per foreign
+    key instead of index maintenance and a trigger per row), all in the load's transaction: a
+    failure (a duplicate, a dangling reference) rolls it back as before, and no reader ever sees
+    the table without them."""
     indexes, constraints = _secondary(table.name)
     primary, incoming = _rebuilt_keys(conn, cfg, table.name)
     for c in [*incoming, *reversed(constraints), *primary]:
         conn.execute(q("constraint_drop", target=c.table, constraint=c.name))
     for i in indexes:
         conn.execute(q("index_drop", schema=cfg.target_schema, index=i.name))
+    # held already when something was dropped; emptiness checked again under it: a row written
+    # since the first look would otherwise meet the TRUNCATE
+    conn.execute(q("table_lock", target=table.name))
+    if not conn.execute(q("table_is_empty", target=table.name)).fetchone()[0]:
+        raise RuntimeError(f"{table.name}: rows were written into it while the load prepared its bulk insert "
+                           "into the empty table; the load rolled back, and a retry merges instead")
+    freeze = bool(primary)  # every foreign key referencing the table was dropped: TRUNCATE may run
+    if freeze:
+        conn.execute(q("table_truncate", target=table.name))
+    inserted = _copy_file(conn, table.name, table, path, freeze=freeze)
     log_parts, params = _change_log(cfg, table)
-    inserted = conn.execute(q("merge_insert_empty", target=table.name, staging=stg, columns=table.column_names,
-                              **log_parts), params).fetchone()[0]
+    if params is not None:
+        conn.execute(q("log_inserted", target=table.name, row_key=log_parts["row_key"]), params)
     for c in primary:
         conn.execute(c.statement)
     for i in indexes:
         conn.execute(i.statement)
     for c in [*constraints, *incoming]:
         conn.execute(c.statement)
-    log.info("load %s: the table was empty: %d rows inserted in bulk, then %s%d indexes and %d constraints built%s",
-             table.name, inserted, "its primary key, " if primary else "", len(indexes), len(constraints),
+    log.info("load %s: the table was empty: %d rows copied straight into it%s, then %s%d indexes and %d "
+             "constraints built%s", table.name, inserted, " (frozen)" if freeze else "",
+             "its primary key, " if primary else "", len(indexes), len(constraints),
              f" and {len(incoming)} referencing foreign keys added again" if incoming else "")
     return inserted
-
 
 def merge_table(conn, cfg: RunConfig, table: Table, staging: dict[str, str], incremental: bool = False
                 ) -> dict[str, int]:
     target, stg = table.name, staging[table.name]
     cols = table.column_names
-    if table.sync in ("mirror", "children") and not incremental:
-        inserted = _insert_into_empty(conn, cfg, table, stg)
-        if inserted is not None:
-            return {"inserted": inserted, "updated": 0, "deleted": 0}
     if table.sync == "mirror":
         log_parts, params = _change_log(cfg, table)
         if incremental:
@@ -293,13 +313,16 @@ def _load_tables(cfg: RunConfig, source: str, tables: tuple[Table, ...], cleanup
     with connect(cfg) as conn, conn.transaction():
         use_schema(conn, cfg)
         conn.execute(q("load_session_settings"))
+        incremental = transformed.get("mode") == "incremental"
+        direct = _bulk_loaded(conn, tables, incremental)
         staging = {}
         for table in tables:
+            if table.name in direct:
+                continue
             staging[table.name] = f"stg_{table.name}"
             conn.execute(q("staging_create", staging=staging[table.name], target=table.name))
             n = _copy_file(conn, staging[table.name], table, Path(transformed["tables"][table.name]))
             log.info("load %s: copied %d rows into staging for %s", source, n, table.name)
-        incremental = transformed.get("mode") == "incremental"
         if incremental:
             staging["source_keys"], staging["rejected_docs"] = "stg_source_keys", "stg_rejected_docs"
             _copy_keys(conn, "stg_source_keys", read_frame(transformed["source_keys"])["key"])
@@ -307,7 +330,11 @@ def _load_tables(cfg: RunConfig, source: str, tables: tuple[Table, ...], cleanup
             _copy_keys(conn, "stg_rejected_docs",
                        doc_rejects.loc[doc_rejects["scope"] == "document", "source_id"].dropna().drop_duplicates())
         for table in tables:
-            changes[table.name] = merge_table(conn, cfg, table, staging, incremental)
+            if table.name in direct:
+                n = _copy_into_empty(conn, cfg, table, Path(transformed["tables"][table.name]))
+                changes[table.name] = {"inserted": n, "updated": 0, "deleted": 0}
+            else:
+                changes[table.name] = merge_table(conn, cfg, table, staging, incremental)
             log.info("load %s: merged %s %s", source, table.name, changes[table.name])
         for name in cleanup:
             conn.execute(q(name))

@@ -1,6 +1,6 @@
 """The first full load of an empty table, into real PostgreSQL: its primary key, indexes and
-constraints (and the foreign keys that reference it) are dropped, the rows inserted in bulk, and
-everything built again in the load's transaction; a key the load could not build again keeps it
+constraints (and the foreign keys that reference it) are dropped, the rows copied straight into
+it (frozen), and everything built again in the load's transaction; a key the load could not build again keeps it
 in place; a failure leaves the target as it was, constraints included."""
 from __future__ import annotations
 
@@ -18,6 +18,19 @@ DOCS = [
     {"_id": ObjectId(f"{i:024x}"), "userId": f"u{i}", "username": f"user{i}", "email": f"user{i}@example.com", "providerRoles": ["admin"]}
     for i in range(1, 41)
 ]
+
+
+def _frozen_pages(uri: str, schema: str, table: str) -> tuple[int, int]:
+    """(pages all frozen in the visibility map, pages of the table)."""
+    with psycopg.connect(uri, autocommit=True) as conn:
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_visibility")
+        except psycopg.Error as exc:
+            pytest.skip(f"pg_visibility is not available on this server: {exc}")
+        return conn.execute(
+            "SELECT (pg_visibility_map_summary(%(t)s::regclass)).all_frozen, "
+            "pg_relation_size(%(t)s::regclass) / current_setting('block_size')::int",
+            {"t": f'"{schema}".{table}'}).fetchone()
 
 
 def _constraints(uri: str, schema: str) -> dict[str, tuple[str, bool]]:
@@ -63,7 +76,7 @@ def test_an_empty_table_is_bulk_loaded_with_its_key_and_the_keys_referencing_it_
     before = _constraints(uri, schema)
     with caplog.at_level("INFO", logger="authmigrate"):
         load_collection(cfg, "users", files(result.tables, "ok"))
-    assert "load users: the table was empty: 40 rows inserted in bulk, then its primary key" in caplog.text
+    assert "load users: the table was empty: 40 rows copied straight into it (frozen), then its primary key" in caplog.text
     assert "referencing foreign keys added again" in caplog.text
     # every constraint is back, validated, on the same table: the other tables' foreign keys on users too
     assert _constraints(uri, schema) == before
@@ -71,6 +84,11 @@ def test_an_empty_table_is_bulk_loaded_with_its_key_and_the_keys_referencing_it_
     with psycopg.connect(uri) as conn:
         assert conn.execute(f'SELECT count(*) FROM "{schema}".users').fetchone()[0] == 40
         assert conn.execute(f'SELECT count(*) FROM "{schema}".user_roles').fetchone()[0] == 40
+    # COPY ... FREEZE into the truncated table: every page frozen at commit, none left for a scan to rewrite
+    for table in ("users", "user_roles"):
+        frozen, pages = _frozen_pages(uri, schema, table)
+        assert pages > 0 and frozen == pages, (table, frozen, pages)
+    with psycopg.connect(uri) as conn:
         with pytest.raises(psycopg.errors.UniqueViolation):  # the key works again
             conn.execute(f'INSERT INTO "{schema}".users (id, mongo_id, username) '
                          f'SELECT id, mongo_id || \'x\', username || \'x\' FROM "{schema}".users LIMIT 1')
@@ -99,8 +117,11 @@ def test_a_key_an_undeclared_foreign_key_references_stays_and_the_load_still_suc
     before = _constraints(uri, schema)
     with caplog.at_level("INFO", logger="authmigrate"):
         load_collection(cfg, "users", files(result.tables, "kept"))
-    assert "load users: the table was empty: 40 rows inserted in bulk, then 0 indexes" in caplog.text
+    assert "load users: the table was empty: 40 rows copied straight into it, then 0 indexes" in caplog.text
     assert _constraints(uri, schema) == before
     assert "app_audit_user_id_fkey" in before
     with psycopg.connect(uri) as conn:
         assert conn.execute(f'SELECT count(*) FROM "{schema}".users').fetchone()[0] == 40
+    # a table the load cannot TRUNCATE (a foreign key it does not know references it) is not frozen
+    assert _frozen_pages(uri, schema, "users")[0] == 0
+    assert _frozen_pages(uri, schema, "user_roles")[0] > 0
