@@ -138,6 +138,7 @@ def _copy_file(conn, staging: str, table: Table, path: Path, freeze: bool = Fals
             n += batch.num_rows
     return n
 
+
 def _copy_keys(conn, staging: str, keys) -> None:
     conn.execute(q("source_keys_create", staging=staging))
     with conn.cursor() as cur, cur.copy(q("source_keys_copy", staging=staging)) as copy:
@@ -232,6 +233,7 @@ def _copy_into_empty(conn, cfg: RunConfig, table: Table, path: Path) -> int:
              "its primary key, " if primary else "", len(indexes), len(constraints),
              f" and {len(incoming)} referencing foreign keys added again" if incoming else "")
     return inserted
+
 
 def merge_table(conn, cfg: RunConfig, table: Table, staging: dict[str, str], incremental: bool = False
                 ) -> dict[str, int]:

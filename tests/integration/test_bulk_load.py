@@ -1,7 +1,7 @@
 """The first full load of an empty table, into real PostgreSQL: its primary key, indexes and
 constraints (and the foreign keys that reference it) are dropped, the rows copied straight into
-it (frozen), and everything built again in the load's transaction; a key the load could not build again keeps it
-in place; a failure leaves the target as it was, constraints included."""
+it (frozen), and everything built again in the load's transaction; a key the load could not
+build again keeps it in place; a failure leaves the target as it was, constraints included."""
 from __future__ import annotations
 
 import uuid
@@ -76,7 +76,8 @@ def test_an_empty_table_is_bulk_loaded_with_its_key_and_the_keys_referencing_it_
     before = _constraints(uri, schema)
     with caplog.at_level("INFO", logger="authmigrate"):
         load_collection(cfg, "users", files(result.tables, "ok"))
-    assert "load users: the table was empty: 40 rows copied straight into it (frozen), then its primary key" in caplog.text
+    assert ("load users: the table was empty: 40 rows copied straight into it (frozen), then its primary key"
+            in caplog.text)
     assert "referencing foreign keys added again" in caplog.text
     # every constraint is back, validated, on the same table: the other tables' foreign keys on users too
     assert _constraints(uri, schema) == before
