@@ -7,12 +7,14 @@ collection's ``ignored`` fields, e.g. Mongoose's ``__v``) or ``unmapped``; and e
 whose observed types include one its rule does not take as its own (``signCount`` as a string).
 Per source database, every collection no declaration maps, with its document count.
 
-Cheap by design: a document costs one tuple of (field, type) pairs, built at C speed and counted
-by signature (most documents share a handful); only array and sub-document values are looked into.
+Cheap by design: a batch is counted a column (top-level field) at a time, at C speed; only array
+and sub-document values are looked into, and an array's elements are counted for the whole batch
+at once.
 """
 from __future__ import annotations
 
 from collections import Counter
+from itertools import chain
 from typing import Any, Iterable
 
 MAX_PATHS = 500  # nested paths kept per collection (top-level fields: all); beyond it the census says how many more
@@ -33,30 +35,84 @@ def bson_type(python_type: type) -> str:
     return _BSON_NAMES.get(python_type.__name__, python_type.__name__)
 
 
+MAX_COLUMNS = 256  # distinct top-level fields in a batch counted column by column; more, document by document
+
+
+def _type_counts(values: list) -> dict[type, int]:
+    """{python type: values of it}; a column of one type (and None) without a count per value."""
+    types = set(map(type, values))
+    if len(types) == 1:
+        return {types.pop(): len(values)}
+    if len(types) == 2 and type(None) in types:
+        nones = values.count(None)
+        return {(types - {type(None)}).pop(): len(values) - nones, type(None): nones}
+    return Counter(map(type, values))
+
+
 class FieldCensus:
     """Counts field paths and their BSON types over decoded documents, batch by batch."""
 
     def __init__(self) -> None:
         self.documents = 0
-        self._signatures: Counter = Counter()  # ((field, type), ...) per document
+        self._fields: Counter = Counter()  # (top-level field, python type) -> documents
         self._inner: Counter = Counter()  # (path, bson type) inside arrays and sub-documents
         self._inner_docs: Counter = Counter()  # path -> documents holding it (inside sub-documents)
-        self._deep_of: dict[tuple, tuple[str, ...]] = {}
         self._keys_under: dict[str, set[str]] = {}  # sub-document path -> field names seen (at most MAX_KEYS)
 
-    def add(self, docs: Iterable[dict]) -> None:
-        signatures, deep_of = self._signatures, self._deep_of
-        for doc in docs:
-            signature = tuple(zip(doc, map(type, doc.values())))
-            signatures[signature] += 1
-            deep = deep_of.get(signature)
-            if deep is None:  # once per distinct signature: which fields hold arrays or sub-documents
-                deep = deep_of[signature] = tuple(f for f, t in signature if issubclass(t, (dict, list)))
+    def add(self, docs: Iterable[dict], columns: dict[str, list] | None = None) -> None:
+        """Count a batch of documents, column by column: each top-level field's types over the whole
+        batch, then what its arrays and sub-documents hold (:meth:`_add_values`). ``columns``: some
+        fields' values as the transform has them already (``doc.get(field)`` of each document).
+        A (field, type) tuple per document cost ~13 µs: 200,000 users took 1.9-3.0 s, now 1.3-1.9."""
+        docs = docs if isinstance(docs, list) else list(docs)
+        self.documents += len(docs)
+        holding = Counter(chain.from_iterable(docs))  # field -> documents holding it
+        if len(holding) > MAX_COLUMNS:  # keyed by data, not a schema: document by document instead
+            for doc in docs:
+                self._fields.update(zip(doc, map(type, doc.values())))
+            for field in dict.fromkeys(f for doc in docs for f, v in doc.items() if isinstance(v, (dict, list))):
+                self._add_values(field, [v for doc in docs if isinstance(v := doc.get(field), (dict, list))])
+            return
+        columns = columns or {}
+        for field, n in holding.items():
+            values = columns.get(field)
+            if values is None:
+                values = [doc.get(field) for doc in docs]
+            types = _type_counts(values)
+            absent = len(docs) - n  # counted as None above
+            if absent:
+                types = {t: k - absent if t is type(None) else k for t, k in types.items()}
+            self._fields.update({(field, t): k for t, k in types.items() if k})
+            deep = [t for t in types if issubclass(t, (dict, list))]
             if deep:
-                seen: set = set()
-                for field in deep:
-                    self._walk({field: doc[field]}, "", 1, seen, count_keys=False)  # its key: in the signature
-            self.documents += 1
+                self._add_values(field, values if len(deep) == len(types) else
+                                 [v for v in values if isinstance(v, (dict, list))])
+
+    def _add_values(self, field: str, values: list) -> None:
+        """What one top-level field's arrays and sub-documents hold, over the documents that have
+        one there (``values``, in document order): as :meth:`_walk` per document, with an array's
+        elements counted for all the documents at once, and only the documents whose array holds
+        sub-documents (or whose value is one) walked one by one."""
+        arrays = [v for v in values if isinstance(v, list)]
+        with_documents: list[list] = []
+        if arrays:
+            path = f"{field}[]"
+            types = Counter(map(type, chain.from_iterable(arrays)))
+            for python_type, n in types.items():
+                self._inner[(path, bson_type(python_type))] += n
+            holding = len(arrays) - arrays.count([])
+            if holding:
+                self._inner_docs[path] += holding
+            if MAX_DEPTH > 1 and any(issubclass(t, dict) for t in types):
+                with_documents = [v for v in arrays if any(isinstance(e, dict) for e in v)]
+        for value in with_documents:  # its elements are counted above: only the sub-documents in it
+            seen: set = set()
+            for element in value:
+                if isinstance(element, dict):
+                    self._walk(element, f"{field}[].", 2, seen)
+        for value in values:
+            if not isinstance(value, list):
+                self._walk({field: value}, "", 1, set(), count_keys=False)  # its own type: counted in add
 
     def merge(self, other: "FieldCensus") -> None:
         """Add the counts of a census over other documents (a worker's part of the export):
@@ -65,11 +121,9 @@ class FieldCensus:
         ``path.*`` document counts are then capped at the documents, as they are when one census
         sees the map's names grow past ``MAX_KEYS``."""
         self.documents += other.documents
-        self._signatures.update(other._signatures)
+        self._fields.update(other._fields)
         self._inner.update(other._inner)
         self._inner_docs.update(other._inner_docs)
-        for signature, deep in other._deep_of.items():
-            self._deep_of.setdefault(signature, deep)
         for path, names in other._keys_under.items():
             self._keys_under.setdefault(path, set()).update(names)
 
@@ -105,11 +159,10 @@ class FieldCensus:
         """{path: {"documents": n, "types": {bson type: n}}}; for array elements (``path[]``) the
         types count elements, ``documents`` the documents holding at least one."""
         out: dict[str, dict[str, Any]] = {}
-        for signature, n in self._signatures.items():
-            for field, python_type in signature:
-                entry = out.setdefault(field, {"documents": 0, "types": Counter()})
-                entry["documents"] += n
-                entry["types"][bson_type(python_type)] += n
+        for (field, python_type), n in self._fields.items():
+            entry = out.setdefault(field, {"documents": 0, "types": Counter()})
+            entry["documents"] += n
+            entry["types"][bson_type(python_type)] += n
         maps = sorted((p for p, names in self._keys_under.items() if len(names) > MAX_KEYS), key=len)
         for path, documents in self._inner_docs.items():  # a map's keys were named until it grew: fold them
             entry = out.setdefault(_as_map_path(path, maps), {"documents": 0, "types": Counter()})

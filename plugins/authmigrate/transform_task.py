@@ -67,6 +67,12 @@ def _document_batches(paths: list[str], collection: str, batch_size: int, what: 
     progress.log(final=True)
 
 
+def count_into(census: FieldCensus, docs: list[dict], frame: pd.DataFrame, collection: str) -> None:
+    """Count ``docs`` into ``census``, reading the mapped fields' values from their documents
+    frame (each ``doc.get(field)``, built once for both)."""
+    census.add(docs, {f: frame[f].tolist() for f in COLLECTIONS[collection].projection})
+
+
 def read_documents_frame(paths: str | list[str], collection: str, what: str | None = None,
                          census: FieldCensus | None = None) -> tuple[pd.DataFrame, list[dict]]:
     """The export as the transform's documents frame, decoded a batch at a time: only the
@@ -76,7 +82,7 @@ def read_documents_frame(paths: str | list[str], collection: str, what: str | No
     parts, rejects = [], []
     for _, _, docs, bad, frame in _document_batches(_paths(paths), collection, 10_000, f"decode {what or collection}"):
         if census is not None:
-            census.add(docs)
+            count_into(census, docs, frame, collection)
         parts.append(frame)
         rejects += bad
     frame = pd.concat(parts, ignore_index=True) if parts else tf.documents_frame([], COLLECTIONS[collection].projection)
@@ -229,14 +235,14 @@ def accept_batches(batches, start: int, out: Path, total: int | None, what: str)
         for batch in batches:
             positions: list[int] = []
             docs, bad = tf.decode_documents(batch.column(0).to_pylist(), positions)
-            census.add(docs)
+            frame = tf.documents_frame(docs, COLLECTIONS["users"].projection)
+            count_into(census, docs, frame, "users")
             part["undecodable"] += bad
             part["decoded"] += len(docs)
-            stamps = [t for t in (d.get("updatedAt") for d in docs) if isinstance(t, dt.datetime)]
+            stamps = [t for t in frame["updatedAt"] if isinstance(t, dt.datetime)]
             if stamps:
                 newest = part["newest"]
                 part["newest"] = max(stamps) if newest is None else max(newest, *stamps)
-            frame = tf.documents_frame(docs, COLLECTIONS["users"].projection)
             docs = None  # the frame keeps what the rules need
             users, batch_rejects = tf.users_accept(frame)
             part["rejects"] += batch_rejects
@@ -484,7 +490,7 @@ def transform_declared_batched(collection: str, paths: str | list[str], out: Pat
         for start, positions, docs, bad, frame in _document_batches(paths, collection, batch_size,
                                                                     f"transform {collection}, accept"):
             if census is not None:
-                census.add(docs)
+                count_into(census, docs, frame, collection)
             undecodable += bad
             decoded += len(docs)
             stamps = [t for t in frame.get("updatedAt", ()) if isinstance(t, dt.datetime)]

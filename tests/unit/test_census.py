@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from unittest import mock
 
 from bson import Int64, ObjectId
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from authmigrate import census
 from authmigrate.census import FieldCensus, classify, collection_census, findings, report_lines
 
 UTC = dt.timezone.utc
@@ -90,3 +94,41 @@ def test_more_paths_than_kept_still_lists_every_top_level_field():
     assert len(c["unmapped_fields"]) == MAX_PATHS + 21  # every field, and the sub-document itself
     assert all(f in c["paths"] for f in c["unmapped_fields"])
     assert findings({"collections": {"users": c}})[0] == "users.deep (1 documents) is not mapped"
+
+
+class _PerDocument(FieldCensus):
+    """The census as it was counted before it counted a batch column by column: every document
+    walked on its own. The contract of :meth:`FieldCensus.add`."""
+
+    def add(self, docs):
+        for doc in docs:
+            self._fields.update(zip(doc, map(type, doc.values())))
+            seen: set = set()
+            for field, value in doc.items():
+                if isinstance(value, (dict, list)):
+                    self._walk({field: value}, "", 1, seen, count_keys=False)
+            self.documents += 1
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.sampled_from(["a", "b", ""]),
+                     st.floats(allow_nan=False, width=32))
+_names = st.sampled_from(["a", "b", "roles", "tags", "profile"])
+_values = st.recursive(_scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(_names, inner, max_size=3)),
+                       max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.dictionaries(_names, _values, max_size=5), max_size=12), st.integers(0, 12), st.booleans(),
+       st.booleans())
+def test_a_batch_counts_exactly_what_walking_each_document_counts(docs, cut, wide, given_columns):
+    """Column by column (some columns given, as the transform has them), or (more top-level
+    fields than ``MAX_COLUMNS``) document by document."""
+    fast, walked = FieldCensus(), _PerDocument()
+    with mock.patch.object(census, "MAX_COLUMNS", 2 if wide else census.MAX_COLUMNS):
+        for part in (docs[:cut], docs[cut:]):
+            columns = {f: [d.get(f) for d in part] for f in ("a", "roles")} if given_columns else None
+            fast.add(part, columns)
+            walked.add(part)
+    assert fast.paths() == walked.paths()
+    assert fast.documents == walked.documents
