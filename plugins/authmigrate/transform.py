@@ -106,6 +106,18 @@ def decode_documents(raws: Iterable[bytes], positions: list[int] | None = None) 
     ``positions``, when given, receives the index in ``raws`` of every decoded document."""
     import bson
 
+    raws = raws if isinstance(raws, list) else list(raws)
+    if all(len(raw) == int.from_bytes(raw[:4], "little", signed=True) for raw in raws):
+        # each document exactly as long as it says: decoded in one call, split where one call per
+        # document would (200,000 users: 2.71-3.91 -> 2.59-2.74 s); any error and each is decoded on its own
+        try:
+            docs = bson.decode_all(b"".join(raws), CODEC)
+        except (InvalidBSON, UnicodeDecodeError, ValueError, OverflowError):
+            docs = None
+        if docs is not None and len(docs) == len(raws):
+            if positions is not None:
+                positions.extend(range(len(raws)))
+            return docs, []
     docs, rejects = [], []
     for i, raw in enumerate(raws):
         try:

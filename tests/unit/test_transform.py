@@ -1018,6 +1018,24 @@ def test_decode_documents_truncated_bytes_reject_without_id():
     assert [(x["reason_code"], x["source_id"]) for x in rej] == [("undecodable_document", None)] * 2
 
 
+def test_decode_documents_never_splits_or_joins_documents_across_their_bytes():
+    """A batch is decoded in one call only when every document is as long as it says: bytes that
+    hold two documents, or a document cut short and the next one's start, are each rejected, as
+    one decode per document rejects them, and the others are decoded with their positions."""
+    one, two, three = (bson.encode(user(i)) for i in (1, 2, 3))
+    positions: list[int] = []
+    docs, rej = tf.decode_documents([one + two, three], positions)
+    assert [d["_id"] for d in docs] == [oid(3)] and positions == [1]
+    assert [x["reason_code"] for x in rej] == ["undecodable_document"]
+    positions = []
+    docs, rej = tf.decode_documents([one[:-4], one[-4:] + two, three], positions)
+    assert [d["_id"] for d in docs] == [oid(3)] and positions == [2]
+    assert [x["reason_code"] for x in rej] == ["undecodable_document"] * 2
+    positions = []
+    docs, rej = tf.decode_documents([one, two, three], positions)
+    assert [d["_id"] for d in docs] == [oid(1), oid(2), oid(3)] and positions == [0, 1, 2] and rej == []
+
+
 def test_decode_documents_gives_utc_aware_dates_and_decimal128():
     docs, _ = tf.decode_documents([bson.encode(user(1, signCount=Decimal128("7")))])
     assert docs[0]["createdAt"] == T0 and docs[0]["createdAt"].tzinfo is not None
