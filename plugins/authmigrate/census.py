@@ -68,10 +68,14 @@ class FieldCensus:
         self.documents += len(docs)
         holding = Counter(chain.from_iterable(docs))  # field -> documents holding it
         if len(holding) > MAX_COLUMNS:  # keyed by data, not a schema: document by document instead
+            deep: dict[str, list] = {}  # field -> its arrays and sub-documents, in document order
             for doc in docs:
                 self._fields.update(zip(doc, map(type, doc.values())))
-            for field in dict.fromkeys(f for doc in docs for f, v in doc.items() if isinstance(v, (dict, list))):
-                self._add_values(field, [v for doc in docs if isinstance(v := doc.get(field), (dict, list))])
+                for field, value in doc.items():
+                    if isinstance(value, (dict, list)):
+                        deep.setdefault(field, []).append(value)
+            for field, values in deep.items():
+                self._add_values(field, values)
             return
         columns = columns or {}
         for field, n in holding.items():
