@@ -74,6 +74,36 @@ def executor_env(env: dict[str, str], port: int, tasks: int) -> dict[str, str]:
             "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": env.get("AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL") or "1"}
 
 
+STOP_GRACE = 1.0  # seconds the API server gets to exit after SIGTERM before it is killed
+
+
+class ExecutionAPI:
+    """The API server's process, and whether this command stopped it (:meth:`stop`)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.stopped = proc, False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def exited_by_itself(self) -> int | None:
+        """Its exit code if it ended without :meth:`stop`, else None."""
+        return None if self.stopped else self.proc.poll()
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``STOP_GRACE`` seconds. Uvicorn stops in ~0.1 s; the
+        process then spends ~2.5 s in interpreter teardown with nothing left to do for anyone."""
+        if self.proc.poll() is None and not self.stopped:
+            self.stopped = True
+            self.proc.terminate()
+        try:
+            self.proc.wait(timeout=STOP_GRACE)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 @contextlib.contextmanager
 def execution_api(airflow: str, env: dict[str, str], port: int, log_path: Path):
     """An `airflow api-server --apps execution` on 127.0.0.1:``port`` while the block runs. The
@@ -84,15 +114,11 @@ def execution_api(airflow: str, env: dict[str, str], port: int, log_path: Path):
         proc = subprocess.Popen([airflow, "api-server", "--apps", "execution", "--host", "127.0.0.1",
                                  "--port", str(port), "--workers", "1"], env=env, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+    api = ExecutionAPI(proc)
     try:
-        yield proc
+        yield api
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        api.stop()
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -146,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"authmigrate: LocalExecutor, {tasks} tasks at once; execution API on 127.0.0.1:{port}", flush=True)
     api_log = home / "logs" / "migrate-execution-api.log"
     with execution_api(args.airflow, env, port, api_log) as api:
-        returncode = _run([*command, "--use-executor"], {**env, "AUTHMIGRATE_EXECUTION_API_PID": str(api.pid)})
-        api_exit = api.poll()
+        # the server is stopped once the run has finished (every task has reported its end), while
+        # `airflow dags test` ends its executor and exits (~1 s), not after
+        returncode = _run([*command, "--use-executor"], {**env, "AUTHMIGRATE_EXECUTION_API_PID": str(api.pid)},
+                          on_finished=api.stop)
+        api_exit = api.exited_by_itself()
     if returncode != 0 and api_exit is not None:
         print(f"authmigrate: the execution API server exited with code {api_exit} during the run; its log: "
               f"{api_log}\n{_tail(api_log)}\nWhat to do: see that log; AUTHMIGRATE_EXECUTOR=none runs the DAG "
@@ -156,15 +185,25 @@ def main(argv: list[str] | None = None) -> int:
     return returncode
 
 
-def _run(command: list[str], env: dict[str, str]) -> int:
+def _run(command: list[str], env: dict[str, str], on_finished=None) -> int:
+    """Run ``command``, its output passed through, then the summary; ``on_finished()`` is called
+    in a thread of its own once it logs that the DAG run finished, and has returned when this does."""
+    import threading
+
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace", bufsize=1, preexec_fn=die_with_parent)
     kept = []  # only what the summary reads
+    finishing = None
     for line in proc.stdout:
         sys.stdout.write(line)
         if FAILURE_MARK in line or "DagRun Finished" in line:
             kept.append(line.rstrip("\n"))
+        if on_finished is not None and finishing is None and _FINISHED.search(line):
+            finishing = threading.Thread(target=on_finished, name="on-finished", daemon=True)
+            finishing.start()
     returncode = proc.wait()
+    if finishing is not None:
+        finishing.join()
     sys.stdout.flush()
     print("\n".join(summary(kept, returncode)), flush=True)
     return returncode

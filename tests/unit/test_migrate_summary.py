@@ -189,3 +189,138 @@ def test_the_executor_hands_its_workers_the_highest_priority_task_as_one_becomes
         for key in keys:
             release[key].set()
         executor.end()
+
+
+def test_a_heartbeat_returns_when_a_task_ends_and_hands_its_slot_on_at_once(monkeypatch):
+    """While tasks run, a heartbeat waits for a worker to report an end (``airflow dags test``
+    heartbeats once per scheduling pass, and its next pass sees the end), and gives the freed
+    slot to the next queued task in the same heartbeat. The end is made to happen inside the
+    heartbeat, after its first hand-over, so no clock decides the outcome."""
+    import multiprocessing
+
+    from airflow.executors.base_executor import BaseExecutor
+    from airflow.executors.local_executor import LocalExecutor
+
+    from authmigrate.executor import SPARE, ApiReadyLocalExecutor
+
+    ctx = multiprocessing.get_context("fork")
+    keys = ["a3", "b2", "c1"]
+    release = {k: ctx.Event() for k in keys}
+    started = ctx.SimpleQueue()
+
+    def body(workload, **_):
+        started.put(workload.key)
+        assert release[workload.key].wait(60)
+
+    monkeypatch.setattr(BaseExecutor, "run_workload", staticmethod(body))
+    monkeypatch.setattr(multiprocessing, "get_start_method", lambda *a, **k: "fork")
+    executor = ApiReadyLocalExecutor(parallelism=1)
+    LocalExecutor.start(executor)
+    try:
+        executor.wait_for_end = 0
+        for key in keys:
+            executor.queued_tasks[key] = _Workload(key, int(key[1:]))
+        executor.heartbeat()
+        assert executor.outstanding == {"a3", "b2"} and set(executor.queued_tasks) == {"c1"} and SPARE == 1
+        assert started.get() == "a3"
+
+        hand_overs = []
+        plain = executor._hand_over
+
+        def hand_over():
+            plain()
+            hand_overs.append(set(executor.outstanding))
+            if len(hand_overs) == 1:
+                release["a3"].set()  # a3 ends while the heartbeat waits
+
+        monkeypatch.setattr(executor, "_hand_over", hand_over)
+        executor.wait_for_end = 60  # never reached: the heartbeat returns on a3's end
+        executor.heartbeat()
+        assert executor.event_buffer["a3"][0] == "success"
+        assert len(hand_overs) == 2 and hand_overs[1] == {"b2", "c1"} and not executor.queued_tasks
+        assert started.get() == "b2"
+
+        executor.wait_for_end = 0.05  # nothing ends: it returns after the wait, nothing changed
+        executor.heartbeat()
+        assert executor.outstanding == {"b2", "c1"} and "b2" not in executor.event_buffer
+    finally:
+        for key in keys:
+            release[key].set()
+        executor.end()
+
+
+def test_a_supervisor_sees_its_task_process_exit_without_waiting_out_the_heartbeat_interval():
+    """Once a task process has closed every socket, the supervisor's service step waits for the
+    process itself, not a ``select()`` on nothing for ``max_wait_time`` (Airflow 3.3 asked the
+    selector for up to [workers] min_heartbeat_interval, 1 s here, after the last socket closed)."""
+    import selectors
+    import subprocess
+    import sys
+
+    import psutil
+    from airflow.sdk.execution_time.supervisor import ActivitySubprocess, PsutilTracker, WatchedSubprocess
+
+    from authmigrate.executor import _notice_exit_promptly
+
+    class Recording(selectors.DefaultSelector):
+        timeouts: list = []
+
+        def select(self, timeout=None):
+            self.timeouts.append(timeout)
+            return []
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    supervisor = object.__new__(ActivitySubprocess)
+    supervisor.selector = Recording()
+    supervisor._open_sockets = {}
+    supervisor._exit_code = None
+    supervisor._process = PsutilTracker(psutil.Process(child.pid))
+    supervisor._process_exit_monotonic = None
+    plain = WatchedSubprocess._service_subprocess
+    try:
+        _notice_exit_promptly()
+        _notice_exit_promptly()  # once only: no wrapper around the wrapper
+        wrapped = WatchedSubprocess._service_subprocess
+        assert wrapped is not plain and getattr(wrapped, "__wrapped__", None) is plain
+        child.stdin.close()  # the child exits now
+        assert supervisor._service_subprocess(max_wait_time=3600) == 0
+        assert supervisor.selector.timeouts == [0.01]  # the original's floor: no wait on the empty selector
+        supervisor._open_sockets = {object(): "stdout"}  # sockets open: the original, as it was
+        supervisor._exit_code = None
+        assert supervisor._service_subprocess(max_wait_time=0.02) == 0 and supervisor.selector.timeouts[-1] == 0.02
+    finally:
+        WatchedSubprocess._service_subprocess = plain
+        child.kill()
+        child.wait()
+
+
+def test_the_api_server_is_stopped_when_the_run_finishes_and_killed_if_it_lingers(tmp_path, monkeypatch):
+    """`make migrate` stops the execution API server as soon as `airflow dags test` logs that
+    the run finished, and kills it when it has not exited ``STOP_GRACE`` seconds after SIGTERM;
+    a server this command stopped is not reported as one that died during the run."""
+    import subprocess
+    import sys
+
+    from tools import migrate
+
+    script = tmp_path / "dags_test.py"
+    script.write_text("import sys\nprint('starting')\nprint(sys.argv[1])\nprint('shutting down')\n")
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, sys, time\n"
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('up', flush=True)\n"
+                                 "time.sleep(3600)"], stdout=subprocess.PIPE, text=True)
+    assert stubborn.stdout.readline() == "up\n"  # its SIGTERM handler is in place
+    api = migrate.ExecutionAPI(stubborn)
+    monkeypatch.setattr(migrate, "STOP_GRACE", 0.1)
+    finished = []
+
+    def on_finished():
+        finished.append(api.proc.poll())
+        api.stop()
+
+    assert migrate._run([sys.executable, str(script), FINISHED.format(state="success")], {}, on_finished) == 0
+    api.stop()  # as the block's end does: at most once more, harmless
+    assert finished == [None]  # called while the server still ran
+    assert stubborn.returncode == -9 and api.stopped and api.exited_by_itself() is None
+    died = migrate.ExecutionAPI(subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"]))
+    died.proc.wait()
+    assert died.exited_by_itself() == 3
