@@ -24,7 +24,7 @@ from bson.raw_bson import RawBSONDocument
 from authmigrate.config import ConfigError, RunConfig, accept_while_exporting, server_projection
 from authmigrate.progress import Progress
 from authmigrate.registry import COLLECTIONS
-from authmigrate.staging import collection_dir, private_file
+from authmigrate.staging import PARQUET_OPTIONS, collection_dir, private_file
 
 log = logging.getLogger("authmigrate")
 SCHEMA = pa.schema([("bson", pa.binary())])
@@ -99,7 +99,7 @@ def _write_columns(columns, out: Path, batch_size: int, progress: Progress, tap=
     ``tap``: called with each row group's column once it is written."""
     tmp = out.with_suffix(".parquet.partial")
     batches = 0
-    with private_file(tmp) as fh, pq.ParquetWriter(fh, SCHEMA) as writer:
+    with private_file(tmp) as fh, pq.ParquetWriter(fh, SCHEMA, **PARQUET_OPTIONS) as writer:
         for column in columns:
             for start in range(0, len(column), batch_size):
                 part = column.slice(start, batch_size)

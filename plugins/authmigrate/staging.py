@@ -60,10 +60,17 @@ def write_frame(df: pd.DataFrame, path: Path) -> Path:
     return write_table(table, path)
 
 
+PARQUET_OPTIONS = {"compression": "lz4", "use_dictionary": False}
+"""How staged Parquet files are written: a stage's files are written once and read once or
+twice, by this pipeline only. Against pyarrow's defaults (snappy, a dictionary tried for every
+column, abandoned for the high-cardinality ones), 1M accepted users: write 1.29 -> 0.80 s, read
+0.42 -> 0.25 s, 157 -> 154 MB; their 1.58M join rows: write 0.29 -> 0.21 s, 21 MB either way."""
+
+
 def write_table(table: pa.Table, path: Path) -> Path:
     tmp = path.with_suffix(path.suffix + ".partial")
     with private_file(tmp) as fh:
-        pq.write_table(table, fh)
+        pq.write_table(table, fh, **PARQUET_OPTIONS)
     os.replace(tmp, path)
     return path
 
@@ -97,7 +104,7 @@ class FrameWriter:
         """Append an Arrow table (its schema must be the file's: that of the first write)."""
         if self._writer is None:
             self.schema = table.schema
-            self._writer = pq.ParquetWriter(self._fh, self.schema)
+            self._writer = pq.ParquetWriter(self._fh, self.schema, **PARQUET_OPTIONS)
         self._writer.write_table(table)
 
     def close(self, empty: pd.DataFrame | None = None) -> Path:
