@@ -263,7 +263,9 @@ def test_a_supervisor_sees_its_task_process_exit_without_waiting_out_the_heartbe
     from authmigrate.executor import _notice_exit_promptly
 
     class Recording(selectors.DefaultSelector):
-        timeouts: list = []
+        def __init__(self):
+            super().__init__()
+            self.timeouts = []
 
         def select(self, timeout=None):
             self.timeouts.append(timeout)
